@@ -1,0 +1,1 @@
+"""Open, fast, weight-compatible Python implementation of MOSS-VL."""

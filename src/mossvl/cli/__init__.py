@@ -1,0 +1,1 @@
+"""The `mossvl` command line."""

@@ -1,0 +1,55 @@
+"""Entry point of the `mossvl` command: dispatches to one module per subcommand and turns errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand name -> module with `add_arguments(parser)` and `run(args) -> int`. Imported lazily so that
+# `mossvl --help` stays fast and one broken subcommand cannot break the others.
+SUBCOMMANDS = {
+    "ask": ("mossvl.cli.ask", "Ask a question about images and videos, streaming the answer."),
+    "run": ("mossvl.cli.run", "Run a JSON/JSONL file of queries and write the results."),
+    "finetune": ("mossvl.cli.finetune", "Fine-tune a model (full or LoRA) on JSON/JSONL data."),
+    "eval": ("mossvl.cli.evaluate", "Evaluate a model on a question set."),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="mossvl", description="MOSS-VL video and image understanding.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mossvl.errors import MossVLError
+
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except MossVLError as exc:
+        print(f"mossvl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"mossvl {args.command}: error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mossvl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets and tokenizers that the project builds itself (synthetic demo data)."""

@@ -1,0 +1,1 @@
+"""Evaluation of a model on a question set: accuracy per task type and temporal grounding error."""

@@ -1,0 +1,1 @@
+"""Inference: one engine behind the Python API, the official offline methods and the CLI."""

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning (full and LoRA) on the official data formats."""
