@@ -1,0 +1,63 @@
+"""`mossvl eval`: answer a question set with a model and write the accuracy table, predictions and plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped demo model)")
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        default=None,
+        help="question set, JSON list or JSONL (default: the bundled sample questions)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("outputs/eval"), help="report folder (default outputs/eval)"
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, default=None, help="evaluate only the first N questions"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="questions per generate call (default 8)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=_positive_int, default=32, help="answer length limit (default 32)"
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mossvl
+    from mossvl.data.synthetic import SAMPLES_DIR
+    from mossvl.evaluation import evaluate, load_questions
+
+    questions = load_questions(args.questions or SAMPLES_DIR / "questions.json", check_media=True)
+    if args.limit is not None:
+        questions = questions[: args.limit]
+    model, processor = mossvl.load(args.model, dtype=args.dtype, device=args.device)
+
+    def answer(batch: list) -> list[str]:
+        queries = [question.to_query() for question in batch]
+        return mossvl.batch_chat(
+            model, processor, queries, max_new_tokens=args.max_new_tokens, do_sample=False
+        )
+
+    report = evaluate(questions, answer, batch_size=args.batch_size, progress=not args.quiet)
+    paths = report.write(args.output)
+    print(report.to_markdown(), end="")
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
