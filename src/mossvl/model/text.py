@@ -1,0 +1,384 @@
+"""The MOSS-VL decoder (``model.language_model``): Qwen3-style self-attention layers and gated cross-attention layers.
+
+Spec §5. Layers listed in ``cross_attention_layers`` replace self-attention by tanh-gated cross-attention to the
+vision memory; every other layer is a plain Qwen3 decoder layer. Attention goes through transformers' attention
+registry (``config._attn_implementation``): sdpa, eager, or flash attention for the self-attention layers (the
+cross layers use sdpa then, as they need an arbitrary mask).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .cache import MossVLCache, VisionAppend
+from .configuration import MossVLTextConfig
+from .xrope import MossVLTextRotaryEmbedding, apply_rotary
+
+
+class MossVLTextRMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back to the input dtype before the weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * hidden.to(dtype)
+
+
+class MossVLTextMLP(nn.Module):
+    def __init__(self, config: MossVLTextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(hidden)) * self.up_proj(hidden))
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: q (B, H, L, D), k/v (B, Hkv, S, D), mask bool (True = attend) or additive."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, L, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, L, H, D)
+    return output, weights
+
+
+def _attention_function(implementation: str | None, cross: bool):
+    if implementation in (None, "eager"):
+        return eager_attention_forward
+    if cross and implementation not in ("sdpa", "flex_attention"):
+        implementation = "sdpa"
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+
+@dataclass
+class CrossAttentionInputs:
+    """Everything a cross layer needs in one forward, computed once by the model.
+
+    ``states`` (B, Lnew, H): new vision memory brought by this forward (None: read the cache only);
+    ``cos`` / ``sin``: its XRoPE tables. ``mask`` (B, 1, L, Lv) additive mask over the whole memory and ``rows``
+    (B, L, 1) the row mask (spec §7). ``sees_vision``: some token sees a frame (else every cross layer is an
+    identity). ``plan``: where the new memory goes in the cache. ``rotate_query``: apply XRoPE to the query.
+    """
+
+    states: torch.Tensor | None
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
+    mask: torch.Tensor
+    rows: torch.Tensor
+    sees_vision: bool
+    plan: VisionAppend | None
+    rotate_query: bool
+
+
+class MossVLTextAttention(nn.Module):
+    """Causal GQA self-attention; q_norm / k_norm per head before XRoPE (spec §5.1)."""
+
+    def __init__(self, config: MossVLTextConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: MossVLCache | None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        q = self.q_norm(self.q_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        attend = _attention_function(self.config._attn_implementation, cross=False)
+        # No position_ids here: XRoPE positions jump at images, which must not look like packed sequences.
+        output, _ = attend(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return self.o_proj(output.reshape(batch, length, -1))
+
+
+class MossVLTextCrossAttention(nn.Module):
+    """Text-to-vision GQA attention: q_norm then XRoPE on text queries, k_norm then XRoPE on vision keys, plain v."""
+
+    def __init__(self, config: MossVLTextConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.q_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def vision_key_values(
+        self, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, Hkv, Lv, D) of vision memory states (B, Lv, H)."""
+        batch, length, _ = states.shape
+        k = self.k_norm(self.k_proj(states).view(batch, length, -1, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(states).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        return apply_rotary(k, cos, sin), v
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        rotate_query: bool,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        q = self.q_norm(self.q_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
+        if rotate_query:
+            q = apply_rotary(q, cos, sin)
+        attend = _attention_function(self.config._attn_implementation, cross=True)
+        output, _ = attend(
+            self,
+            q,
+            keys,
+            values,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        return self.o_proj(output.reshape(batch, length, -1))
+
+
+class MossVLSelfAttentionDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: MossVLTextConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MossVLTextAttention(config, layer_idx)
+        self.mlp = MossVLTextMLP(config)
+        self.input_layernorm = MossVLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MossVLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: MossVLCache | None,
+        cross: CrossAttentionInputs | None,
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(
+            self.input_layernorm(hidden), cos, sin, attention_mask, past_key_values
+        )
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class MossVLCrossAttentionDecoderLayer(GradientCheckpointingLayer):
+    """Gated cross-attention layer (spec §5.2): no self-attention; the row mask zeroes both residual branches."""
+
+    def __init__(self, config: MossVLTextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cross_attn = MossVLTextCrossAttention(config, layer_idx)
+        self.mlp = MossVLTextMLP(config)
+        self.input_layernorm = MossVLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MossVLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))
+        self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: MossVLCache | None,
+        cross: CrossAttentionInputs | None,
+    ) -> torch.Tensor:
+        if cross is None:
+            return hidden
+        stores_memory = cross.states is not None and past_key_values is not None
+        if not cross.sees_vision and not stores_memory:
+            return hidden  # no token sees a frame: the layer is an exact identity
+        keys, values = self._memory(cross, past_key_values)
+        if not cross.sees_vision:
+            return hidden
+        attended = self.cross_attn(
+            self.input_layernorm(hidden), cos, sin, cross.rotate_query, keys, values, cross.mask
+        )
+        hidden = hidden + self.cross_attn_attn_gate.tanh() * (cross.rows * attended)
+        mlp_out = self.mlp(self.post_attention_layernorm(hidden))
+        return hidden + self.cross_attn_mlp_gate.tanh() * (cross.rows * mlp_out)
+
+    def _memory(
+        self, cross: CrossAttentionInputs, past_key_values: MossVLCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vision keys/values to attend to: new ones (also appended to the cache) or the cached ones."""
+        if cross.states is None:
+            return past_key_values.cached_vision(self.layer_idx)
+        keys, values = self.cross_attn.vision_key_values(cross.states, cross.cos, cross.sin)
+        if past_key_values is None:
+            return keys, values
+        return past_key_values.append_vision(self.layer_idx, keys, values, cross.plan)
+
+
+@torch.no_grad()
+def init_text_weights(module: nn.Module) -> None:
+    """Decoder-specific initialisation on top of PreTrainedModel's generic one (Linear, Embedding, norms).
+
+    Cross-layer gates start at 0, so a fresh cross layer is an identity; the rotary frequencies are recomputed
+    (a model built on the meta device has none).
+    """
+    if isinstance(module, MossVLTextRotaryEmbedding):
+        init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
+    elif isinstance(module, MossVLCrossAttentionDecoderLayer):
+        init.zeros_(module.cross_attn_attn_gate)
+        init.zeros_(module.cross_attn_mlp_gate)
+
+
+class MossVLTextPreTrainedModel(PreTrainedModel):
+    config_class = MossVLTextConfig
+    config: MossVLTextConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MossVLSelfAttentionDecoderLayer", "MossVLCrossAttentionDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        init_text_weights(module)
+
+
+class MossVLTextModel(MossVLTextPreTrainedModel):
+    """Embeddings, the 48-layer mixed decoder stack and the final norm (``model.language_model``)."""
+
+    def __init__(self, config: MossVLTextConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        cross_layers = set(config.cross_attention_layers)
+        self.layers = nn.ModuleList(
+            (MossVLCrossAttentionDecoderLayer if i in cross_layers else MossVLSelfAttentionDecoderLayer)(
+                config, i
+            )
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = MossVLTextRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = MossVLTextRotaryEmbedding(config)
+        self.first_self_layer = next((i for i in range(config.num_hidden_layers) if i not in cross_layers), 0)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: MossVLCache | None = None,
+        cross: CrossAttentionInputs | None = None,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPast:
+        """Run the decoder over one chunk of text.
+
+        ``position_ids`` (3, B, L) are XRoPE text positions (plain consecutive positions after the cached ones when
+        None); ``attention_mask`` is the 2D padding mask over cached + new tokens; ``cross`` carries the vision
+        memory inputs (None: every cross layer is skipped).
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length, _ = inputs_embeds.shape
+        if position_ids is None:
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            steps = torch.arange(past, past + length, device=inputs_embeds.device)
+            position_ids = steps.view(1, 1, -1).expand(3, batch, -1)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            layer_idx=self.first_self_layer,
+        )
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            hidden = layer(hidden, cos, sin, causal_mask, past_key_values, cross)
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
