@@ -170,6 +170,9 @@ class MossVLConfig(PreTrainedConfig):
     rotate_cross_query_in_decode: bool = False
 
     def __post_init__(self, **kwargs):
+        # Official configs name remote-code files in `auto_map`; this package replaces them, and keeping the entry
+        # would make saved folders point at files they do not contain.
+        kwargs.pop("auto_map", None)
         super().__post_init__(**kwargs)
         self.check()
 
