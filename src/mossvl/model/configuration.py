@@ -167,6 +167,7 @@ class MossVLConfig(PreTrainedConfig):
     vision_end_token_id: int = 151653
     vision_seq_pad_multiple: int = 8
     tie_word_embeddings: bool = False
+    use_cache: bool = True
     rotate_cross_query_in_decode: bool = False
 
     def __post_init__(self, **kwargs):

@@ -214,7 +214,9 @@ class MossVLModel(MossVLPreTrainedModel):
                 "input_ids are required (they place the <|image_pad|> tokens); inputs_embeds may only replace "
                 "their embeddings"
             )
-        use_cache = use_cache if use_cache is not None else self.config.text_config.use_cache
+        if use_cache is None:
+            # A cache built in a training forward is never read, and activation checkpointing would fill it twice.
+            use_cache = self.config.use_cache and not self.training
         cache = self._resolve_cache(past_key_values, use_cache)
         batch, length = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
