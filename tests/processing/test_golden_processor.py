@@ -1,0 +1,86 @@
+"""Golden parity of the processor: all 7 cases of tests/fixtures/golden, bit-exact, plus video sampling facts."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mossvl.processing.processor import MossVLProcessor
+from mossvl.processing.video import MossVLVideoProcessor
+
+EXACT_KEYS = ("input_ids", "attention_mask", "grid_thw", "cross_attention_mask", "media_nums_per_sample")
+
+
+def _cases(golden_dir):
+    return {c["name"]: c for c in json.loads((golden_dir / "cases.json").read_text())["cases"]}
+
+
+CASE_NAMES = [
+    "text_only",
+    "image_single",
+    "image_two",
+    "video_single",
+    "interleaved",
+    "batch_image_video",
+    "batch_text_and_images",
+]
+
+
+@pytest.fixture(scope="module")
+def processor(golden_dir) -> MossVLProcessor:
+    return MossVLProcessor.from_pretrained(golden_dir)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_processor_outputs_match_golden(processor, golden_dir, name):
+    case = _cases(golden_dir)[name]
+    expected = load_file(golden_dir / case["expected_file"])
+    call = {k: v for k, v in case["processor_call"].items() if v is not None}
+    prompts = case["rendered_prompts"]
+    out = processor(
+        prompts if len(prompts) > 1 else prompts[0],
+        images=[str(golden_dir / m["path"]) for m in case["images"]],
+        videos=[str(golden_dir / m["path"]) for m in case["videos"]],
+        **call,
+    )
+    for key in EXACT_KEYS:
+        assert out[key].dtype == expected[key].dtype, key
+        assert torch.equal(out[key], expected[key]), key
+    want = (expected["pixel_levels"].float() - 127.5) / 127.5
+    want[expected["pixel_blank_rows"]] = 0.0
+    assert out["pixel_values"].dtype == torch.float32
+    assert torch.equal(out["pixel_values"], want)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_prepare_from_user_texts_renders_the_golden_prompts(processor, golden_dir, name):
+    case = _cases(golden_dir)[name]
+    images = iter(m["path"] for m in case["images"])
+    videos = iter(m["path"] for m in case["videos"])
+    queries = []
+    for text in case["user_texts"]:
+        # Give each query the media its own placeholders consume, in order.
+        queries.append(
+            {
+                "messages": [{"role": "user", "content": text}],
+                "images": [next(images) for _ in range(text.count("<|image|>"))],
+                "videos": [next(videos) for _ in range(text.count("<|video|>"))],
+            }
+        )
+    batch = processor.render_queries(queries, base_dir=str(golden_dir))
+    assert batch.texts == case["rendered_prompts"]
+    prepared = processor.prepare(queries, base_dir=str(golden_dir))
+    expected = load_file(golden_dir / case["expected_file"])
+    for key in EXACT_KEYS:
+        assert torch.equal(prepared[key], expected[key]), key
+
+
+@pytest.mark.parametrize("name", ["video_single", "interleaved"])
+def test_video_sampling_matches_golden(golden_dir, name):
+    sampling = _cases(golden_dir)[name]["video_sampling"][0]
+    path = golden_dir / json.loads((golden_dir / "cases.json").read_text())["media"][sampling["key"]]["path"]
+    out = MossVLVideoProcessor.from_pretrained(golden_dir).process([str(path)])[0]
+    assert out.frame_indices == sampling["sampled_frame_indices"]
+    assert out.timestamps == pytest.approx(sampling["timestamps"], abs=1e-12)
+    assert [f"{t:.1f}" for t in out.timestamps] == sampling["timestamp_strings"]
