@@ -7,6 +7,8 @@ from transformers import (
     AutoModelForImageTextToText,
 )
 
+from .inference.api import batch_chat, chat, load, new_session
+from .inference.session import Session
 from .model import (
     MossVLConfig,
     MossVLForConditionalGeneration,
@@ -24,4 +26,13 @@ AutoModel.register(MossVLConfig, MossVLModel, exist_ok=True)
 AutoModelForCausalLM.register(MossVLConfig, MossVLForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(MossVLConfig, MossVLForConditionalGeneration, exist_ok=True)
 
-__all__ = ["MossVLConfig", "MossVLForConditionalGeneration", "MossVLModel"]
+__all__ = [
+    "MossVLConfig",
+    "MossVLForConditionalGeneration",
+    "MossVLModel",
+    "Session",
+    "batch_chat",
+    "chat",
+    "load",
+    "new_session",
+]

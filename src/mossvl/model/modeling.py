@@ -13,6 +13,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import PreTrainedModel
 
 from ..errors import QueryError
+from ..inference.offline import MossVLOfflineMixin
 from . import cross_attention_mask as xmask
 from .cache import MossVLCache
 from .configuration import MossVLConfig
@@ -368,7 +369,7 @@ def _repeat_media_per_sample(media: dict, repeats: int, batch: int) -> dict:
     return expanded
 
 
-class MossVLForConditionalGeneration(MossVLPreTrainedModel, GenerationMixin):
+class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, GenerationMixin):
     """MOSS-VL with its LM head; works with ``generate()`` (pixel inputs at prefill only).
 
     Decode quirk (spec §12.1): the official Hugging Face code rotates the cross-attention query with XRoPE at

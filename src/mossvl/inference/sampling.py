@@ -1,0 +1,150 @@
+"""Next-token selection with per-row settings: validated generation settings, greedy or sampled choice per row.
+
+HF ``generate()`` applies one set of logits processors to the whole batch; the engine needs one set per row so
+that every query of a batch keeps its own temperature, top-k, top-p, repetition penalty and seed. Each row gets
+its own list of transformers' logits processors; rows that are plain greedy are decided together by one argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from ..constants import GENERATE_DEFAULTS
+from ..errors import QueryError
+
+# Generate kwargs that HF users pass out of habit and that do not change greedy/sampled decoding here.
+_IGNORED_KEYS = {"use_cache", "num_beams", "num_return_sequences", "return_dict_in_generate", "output_scores"}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How one query is decoded. ``temperature <= 0`` or ``do_sample=False`` means greedy decoding."""
+
+    max_new_tokens: int = GENERATE_DEFAULTS["max_new_tokens"]
+    do_sample: bool = GENERATE_DEFAULTS["do_sample"]
+    temperature: float = GENERATE_DEFAULTS["temperature"]
+    top_k: int = GENERATE_DEFAULTS["top_k"]
+    top_p: float = GENERATE_DEFAULTS["top_p"]
+    repetition_penalty: float = GENERATE_DEFAULTS["repetition_penalty"]
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature <= 0
+
+    @classmethod
+    def from_kwargs(
+        cls, kwargs: Mapping | None = None, base: GenerationSettings | None = None
+    ) -> GenerationSettings:
+        """Build settings from a generate-kwargs dict on top of ``base``; unknown keys or bad values raise QueryError."""
+        base = base or cls()
+        kwargs = dict(kwargs or {})
+        if "stop_strings" in kwargs:
+            kwargs.setdefault("stop", kwargs.pop("stop_strings"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known - _IGNORED_KEYS)
+        if unknown:
+            raise QueryError(
+                f"unknown generate kwarg(s) {unknown}; supported: {sorted(known)} (and vision_chunked_length)"
+            )
+        values = {key: kwargs[key] for key in known if key in kwargs and kwargs[key] is not None}
+        if "stop" in values:
+            stop = values["stop"]
+            values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        settings = replace(base, **values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise QueryError naming the first invalid setting."""
+        checks = [
+            (
+                "max_new_tokens",
+                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+                "an int >= 0",
+            ),
+            ("do_sample", isinstance(self.do_sample, bool), "a bool"),
+            ("temperature", _is_number(self.temperature), "a number (<= 0 means greedy)"),
+            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an int >= 0 (0 disables it)"),
+            ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
+            (
+                "repetition_penalty",
+                _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+                "a number > 0",
+            ),
+            (
+                "stop",
+                all(isinstance(s, str) and s for s in self.stop),
+                "a non-empty string or a list of them",
+            ),
+            ("seed", self.seed is None or isinstance(self.seed, int), "an int or None"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise QueryError(
+                    f"generate kwarg {name}={getattr(self, name)!r} is invalid: expected {expected}"
+                )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class RowSampler:
+    """Chooses the next token of one batch row from its logits, with that row's processors and random generator."""
+
+    def __init__(self, settings: GenerationSettings, device: torch.device | str = "cpu"):
+        self.settings = settings
+        self.processors = LogitsProcessorList()
+        if settings.repetition_penalty != 1.0:
+            self.processors.append(RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty)))
+        if not settings.greedy:
+            if settings.temperature != 1.0:
+                self.processors.append(TemperatureLogitsWarper(float(settings.temperature)))
+            if settings.top_k > 0:
+                self.processors.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self.processors.append(TopPLogitsWarper(float(settings.top_p)))
+        self.generator = None
+        if settings.seed is not None and not settings.greedy:
+            self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+
+    @property
+    def needs_history(self) -> bool:
+        """True when the row's processors read its token history (repetition penalty)."""
+        return self.settings.repetition_penalty != 1.0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """True when the choice is a bare argmax of the raw logits (no processor changes it)."""
+        return self.settings.greedy and not self.processors
+
+    def __call__(self, history: torch.Tensor, logits: torch.Tensor) -> int:
+        """``history`` (1, T) prompt + generated ids, ``logits`` (1, V) float32 -> chosen token id."""
+        scores = self.processors(history, logits)
+        if self.settings.greedy:
+            return int(scores.argmax(dim=-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def select_next_tokens(
+    samplers: Sequence[RowSampler], histories: Sequence[torch.Tensor | None], logits: torch.Tensor
+) -> list[int]:
+    """Next token per row. ``logits`` (B, V) float32; ``histories[i]`` is only read by rows that need it."""
+    choices = logits.argmax(dim=-1).tolist()
+    for row, sampler in enumerate(samplers):
+        if not sampler.plain_greedy:
+            choices[row] = sampler(histories[row], logits[row : row + 1])
+    return choices
