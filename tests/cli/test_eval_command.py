@@ -22,7 +22,7 @@ SAMPLE_ANSWERS = {
 def fake_api(monkeypatch):
     calls = {"load": [], "batches": []}
 
-    def load(path=None, dtype="float32", device="cpu"):
+    def load(path=None, dtype="float32", device="cpu", attn_implementation=None):
         calls["load"].append((path, dtype, device))
         return "model", "processor"
 

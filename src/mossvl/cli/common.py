@@ -14,6 +14,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--checkpoint",
+        "--model",
+        dest="checkpoint",
         default=None,
         help="model folder (config.json, safetensors, processor files); default: the shipped demo model",
     )
@@ -22,8 +24,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--attn-implementation",
         default=None,
-        choices=["sdpa", "eager"],
-        help="attention kernel (default: sdpa)",
+        choices=["sdpa", "eager", "flash_attention_2"],
+        help="attention kernel (default: sdpa; flash_attention_2 needs flash-attn on a GPU)",
     )
     group.add_argument(
         "--vision-chunked-length",

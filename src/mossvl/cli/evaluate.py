@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_model_arguments
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -14,7 +16,6 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped demo model)")
     parser.add_argument(
         "--questions",
         type=Path,
@@ -33,11 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=_positive_int, default=32, help="answer length limit (default 32)"
     )
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     questions = load_questions(args.questions or SAMPLES_DIR / "questions.json", check_media=True)
     if args.limit is not None:
         questions = questions[: args.limit]
-    model, processor = mossvl.load(args.model, dtype=args.dtype, device=args.device)
+    model, processor = mossvl.load(
+        args.checkpoint, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation
+    )
 
     def answer(batch: list) -> list[str]:
         queries = [question.to_query() for question in batch]
