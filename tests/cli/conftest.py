@@ -1,12 +1,8 @@
-"""Fixtures of the CLI tests: single-threaded torch (tiny models run fastest and steadiest that way)."""
+"""Fixtures of the CLI tests: every test runs on one torch thread (the root `single_thread` fixture)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(single_thread):
+    """Tiny models run fastest and steadiest on one thread."""

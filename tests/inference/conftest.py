@@ -1,18 +1,14 @@
-"""Fixtures of the inference tests: single-threaded torch, and a rotated-query copy of the golden model."""
+"""Fixtures of the inference tests: single-threaded torch, a rotated-query copy of the golden model, and golden
+media paths."""
 
 import copy
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run fastest and steadiest on one thread, whatever else shares the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(single_thread):
+    """Tiny models run fastest and steadiest on one thread (the root `single_thread` fixture)."""
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +17,13 @@ def rotq_model(golden_model):
     model = copy.deepcopy(golden_model)
     model.config.rotate_cross_query_in_decode = True
     return model
+
+
+@pytest.fixture
+def media(golden_dir):
+    root = golden_dir / "media"
+    return {
+        "img_a": str(root / "img_a_64x96.png"),
+        "img_d": str(root / "img_d_96x64.png"),
+        "vid_a": str(root / "vid_a_47f_10fps_48x64.mp4"),
+    }

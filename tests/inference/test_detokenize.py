@@ -3,7 +3,6 @@
 import random
 
 import pytest
-from safetensors.torch import load_file
 
 from mossvl.inference.detokenize import IncrementalDetokenizer, TextStream
 
@@ -30,9 +29,9 @@ def test_multibyte_characters_are_never_split(tokenizer):
     assert "视" in deltas and "😀" in deltas
 
 
-def test_deltas_add_up_to_decode_of_golden_generations(tokenizer, golden_dir):
+def test_deltas_add_up_to_decode_of_golden_generations(tokenizer, golden_expected):
     for case in ("text_only", "image_single", "video_single", "interleaved"):
-        ids = load_file(golden_dir / "expected" / f"{case}.safetensors")["gen_tokens"][0].tolist()
+        ids = golden_expected(case)["gen_tokens"][0].tolist()
         deltas, _ = stream_all(tokenizer, ids)
         assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
 

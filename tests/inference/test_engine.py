@@ -13,16 +13,6 @@ def engine(golden_model, golden_processor):
     return Engine(golden_model, golden_processor)
 
 
-@pytest.fixture
-def media(golden_dir):
-    root = golden_dir / "media"
-    return {
-        "img_a": str(root / "img_a_64x96.png"),
-        "img_d": str(root / "img_d_96x64.png"),
-        "vid_a": str(root / "vid_a_47f_10fps_48x64.mp4"),
-    }
-
-
 def mixed_queries(media) -> list[dict]:
     """Different media, lengths and settings in one batch (greedy, sampled with a seed, a penalty, top-k 1)."""
     return [

@@ -7,19 +7,13 @@ what the official code gives for its image row outside that batch.
 """
 
 import copy
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mossvl.inference.engine import Engine
 
 SINGLE_RUN_CASES = {"batch_text_and_images"}
-
-
-def golden_cases(golden_dir) -> list[dict]:
-    return json.loads((golden_dir / "cases.json").read_text())["cases"]
 
 
 def case_queries(case: dict, golden_dir) -> list[dict]:
@@ -40,12 +34,12 @@ def case_queries(case: dict, golden_dir) -> list[dict]:
 
 
 @pytest.mark.parametrize("rotated", [False, True], ids=["hf", "rotq"])
-def test_engine_greedy_tokens_equal_golden(golden_model, rotq_model, golden_processor, golden_dir, rotated):
+def test_engine_greedy_tokens_equal_golden(
+    golden_model, rotq_model, golden_processor, golden_dir, golden_json, golden_expected, rotated
+):
     engine = Engine(rotq_model if rotated else golden_model, golden_processor)
-    for case in golden_cases(golden_dir):
-        expected = load_file(golden_dir / case["expected_file"])[
-            "gen_tokens_rotq" if rotated else "gen_tokens"
-        ]
+    for case in golden_json["cases"]:
+        expected = golden_expected(case["name"])["gen_tokens_rotq" if rotated else "gen_tokens"]
         queries = case_queries(case, golden_dir)
         results = engine.generate(queries)
         assert [r.error for r in results] == [None] * len(queries), case["name"]
@@ -58,10 +52,12 @@ def test_engine_greedy_tokens_equal_golden(golden_model, rotq_model, golden_proc
             assert [r.finish_reason for r in results] == ["length"] * len(queries)
 
 
-def test_engine_text_skips_special_tokens_like_the_offline_api(golden_model, golden_processor, golden_dir):
+def test_engine_text_skips_special_tokens_like_the_offline_api(
+    golden_model, golden_processor, golden_dir, golden_case
+):
     """video_single generates <|round_start|>: the golden decoded text keeps it, the offline API text drops it."""
     engine = Engine(golden_model, golden_processor)
-    case = next(c for c in golden_cases(golden_dir) if c["name"] == "video_single")
+    case = golden_case("video_single")
     result = engine.generate(case_queries(case, golden_dir))[0]
     tokenizer = golden_processor.tokenizer
     assert tokenizer.decode(result.token_ids) == case["decoded_gen_text"][0]
@@ -69,8 +65,10 @@ def test_engine_text_skips_special_tokens_like_the_offline_api(golden_model, gol
     assert result.text == tokenizer.decode(result.token_ids, skip_special_tokens=True)
 
 
-def test_offline_image_and_video_generate_match_official_strings(golden_model, golden_processor, golden_dir):
-    api = json.loads((golden_dir / "cases.json").read_text())["offline_api"]
+def test_offline_image_and_video_generate_match_official_strings(
+    golden_model, golden_processor, golden_dir, golden_json
+):
+    api = golden_json["offline_api"]
     call = api["offline_image_generate"]["call"]
     text = golden_model.offline_image_generate(
         golden_processor, call["prompt"], str(golden_dir / call["image"]), max_new_tokens=8
@@ -88,12 +86,12 @@ def test_offline_image_and_video_generate_match_official_strings(golden_model, g
 
 
 def test_offline_image_generate_accepts_pil_and_bf16_rounded_inputs(
-    golden_model, golden_processor, golden_dir
+    golden_model, golden_processor, golden_dir, golden_json
 ):
     """The official helper hands over PIL images; its bf16 pixel cast did not change the tokens."""
     from PIL import Image
 
-    api = json.loads((golden_dir / "cases.json").read_text())["offline_api"]["offline_image_generate"]
+    api = golden_json["offline_api"]["offline_image_generate"]
     image = Image.open(golden_dir / api["call"]["image"]).convert("RGB")
     text = golden_model.offline_image_generate(
         golden_processor, api["call"]["prompt"], image, max_new_tokens=8
@@ -108,8 +106,10 @@ def test_offline_image_generate_accepts_pil_and_bf16_rounded_inputs(
     assert result.text == api["text"]
 
 
-def test_offline_batch_generate_matches_official_results(golden_model, golden_processor, golden_dir):
-    api = json.loads((golden_dir / "cases.json").read_text())["offline_api"]["offline_batch_generate"]
+def test_offline_batch_generate_matches_official_results(
+    golden_model, golden_processor, golden_dir, golden_json
+):
+    api = golden_json["offline_api"]["offline_batch_generate"]
     queries = copy.deepcopy(api["call"])
     for query in queries:
         query["images"] = [str(golden_dir / p) for p in query["images"]]

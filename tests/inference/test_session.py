@@ -17,16 +17,6 @@ from mossvl.processing.prompt import render_chat
 MAX_NEW = 6
 
 
-@pytest.fixture
-def media(golden_dir):
-    root = golden_dir / "media"
-    return {
-        "img_a": str(root / "img_a_64x96.png"),
-        "img_d": str(root / "img_d_96x64.png"),
-        "vid_a": str(root / "vid_a_47f_10fps_48x64.mp4"),
-    }
-
-
 def turns(media, first: str) -> list:
     opening = {"prompt": "Describe the image.", "images": [media["img_a"]]}
     return [

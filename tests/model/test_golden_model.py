@@ -12,44 +12,27 @@ official positions explicitly (``position_ids`` / ``vision_position_ids``).
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mossvl.model import cross_attention_mask as xmask
 from mossvl.model.xrope import frame_grids
 
-CASES = [
-    "text_only",
-    "image_single",
-    "image_two",
-    "video_single",
-    "interleaved",
-    "batch_image_video",
-    "batch_text_and_images",
-]
 HF_BATCH_PAIRING_CASES = {"batch_text_and_images"}
 TOLERANCE = 1e-4
+INPUT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values",
+    "grid_thw",
+    "media_nums_per_sample",
+    "cross_attention_mask",
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_case(golden_dir, name: str) -> tuple[dict, dict]:
-    expected = load_file(golden_dir / "expected" / f"{name}.safetensors")
-    pixel_values = (expected["pixel_levels"].to(torch.float32) - 127.5) / 127.5
-    pixel_values[expected["pixel_blank_rows"]] = 0.0
-    inputs = {
-        "input_ids": expected["input_ids"],
-        "attention_mask": expected["attention_mask"],
-        "pixel_values": pixel_values,
-        "grid_thw": expected["grid_thw"],
-        "media_nums_per_sample": expected["media_nums_per_sample"],
-        "cross_attention_mask": expected["cross_attention_mask"],
-    }
+def load_case(golden_expected, name: str) -> tuple[dict, dict]:
+    expected = golden_expected(name)
+    inputs = {key: expected[key] for key in INPUT_KEYS}
     if name in HF_BATCH_PAIRING_CASES:
         inputs["position_ids"] = expected["position_ids"]
         inputs["vision_position_ids"] = expected["vision_position_ids"]
@@ -70,12 +53,11 @@ def max_diff_on_valid_rows(
     return (actual - reference).abs()[attention_mask.bool()].max().item()
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_positions_and_rope_deltas(golden_model, golden_dir, case):
-    expected, _ = load_case(golden_dir, case)
+def test_positions_and_rope_deltas(golden_model, golden_expected, golden_case_name):
+    expected, _ = load_case(golden_expected, golden_case_name)
     positions, vision_positions, next_position = positions_of(golden_model, expected)
     rope_deltas = next_position - expected["input_ids"].shape[1]
-    if case not in HF_BATCH_PAIRING_CASES:
+    if golden_case_name not in HF_BATCH_PAIRING_CASES:
         assert torch.equal(positions, expected["position_ids"])
         assert torch.equal(vision_positions, expected["vision_position_ids"])
         assert torch.equal(rope_deltas, expected["rope_deltas"])
@@ -93,9 +75,8 @@ def test_positions_and_rope_deltas(golden_model, golden_dir, case):
     assert torch.equal(next_position[1:], alone_next)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_vision_memory(golden_model, golden_dir, case):
-    expected, inputs = load_case(golden_dir, case)
+def test_vision_memory(golden_model, golden_expected, golden_case_name):
+    expected, inputs = load_case(golden_expected, golden_case_name)
     with torch.no_grad():
         packed = golden_model.model.get_vision_features(inputs["pixel_values"], inputs["grid_thw"])
         states, _ = golden_model.model.build_cross_attention_states(
@@ -107,9 +88,8 @@ def test_vision_memory(golden_model, golden_dir, case):
 
 
 @pytest.mark.parametrize("from_official_mask", [False, True])
-@pytest.mark.parametrize("case", CASES)
-def test_cross_attention_mask_pattern(golden_model, golden_dir, case, from_official_mask):
-    expected, inputs = load_case(golden_dir, case)
+def test_cross_attention_mask_pattern(golden_model, golden_expected, golden_case_name, from_official_mask):
+    expected, inputs = load_case(golden_expected, golden_case_name)
     model = golden_model.model
     media = expected["media_nums_per_sample"].tolist()
     merge = model.config.vision_config.spatial_merge_size
@@ -131,20 +111,19 @@ def test_cross_attention_mask_pattern(golden_model, golden_dir, case, from_offic
     assert bool((ours[~seen] == 0).all()) and bool((reference[~seen] == 0).all())
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_logits(golden_model, golden_dir, case, record_property):
-    expected, inputs = load_case(golden_dir, case)
+def test_logits(golden_model, golden_expected, golden_case_name, record_property):
+    expected, inputs = load_case(golden_expected, golden_case_name)
     with torch.no_grad():
         logits = golden_model(**inputs, use_cache=False).logits
     diff = max_diff_on_valid_rows(logits, expected["logits"], expected["attention_mask"])
     record_property("max_abs_logit_diff", diff)
-    print(f"{case}: max |logits - golden| = {diff:.3g}")
+    print(f"{golden_case_name}: max |logits - golden| = {diff:.3g}")
     assert diff <= TOLERANCE
 
 
 @pytest.mark.parametrize("case", ["image_single", "video_single"])
-def test_decoder_layer_outputs(golden_model, golden_dir, case):
-    expected, inputs = load_case(golden_dir, case)
+def test_decoder_layer_outputs(golden_model, golden_expected, case):
+    expected, inputs = load_case(golden_expected, case)
     captured = {}
     hooks = [
         layer.register_forward_hook(lambda module, args, output, i=i: captured.__setitem__(i, output))
@@ -162,9 +141,8 @@ def test_decoder_layer_outputs(golden_model, golden_dir, case):
 
 
 @pytest.mark.parametrize("rotate", [False, True], ids=["hf_decode", "rotated_query"])
-@pytest.mark.parametrize("case", CASES)
-def test_greedy_generate(golden_model, golden_dir, case, rotate, record_property):
-    expected, inputs = load_case(golden_dir, case)
+def test_greedy_generate(golden_model, golden_expected, golden_case_name, rotate, record_property):
+    expected, inputs = load_case(golden_expected, golden_case_name)
     suffix = "_rotq" if rotate else ""
     golden_model.config.rotate_cross_query_in_decode = rotate
     try:
@@ -183,5 +161,5 @@ def test_greedy_generate(golden_model, golden_dir, case, rotate, record_property
     assert torch.equal(tokens, expected[f"gen_tokens{suffix}"])
     diff = (torch.stack(out.logits) - expected[f"gen_logits{suffix}"]).abs().max().item()
     record_property("max_abs_gen_logit_diff", diff)
-    print(f"{case}{suffix}: max |generate logits - golden| = {diff:.3g}")
+    print(f"{golden_case_name}{suffix}: max |generate logits - golden| = {diff:.3g}")
     assert diff <= TOLERANCE

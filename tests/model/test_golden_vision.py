@@ -11,15 +11,6 @@ from safetensors.torch import load_file
 from mossvl.model.configuration import MossVLVisionConfig
 from mossvl.model.vision import MossVLVisionModel
 
-CASES = [
-    "text_only",
-    "image_single",
-    "image_two",
-    "video_single",
-    "interleaved",
-    "batch_image_video",
-    "batch_text_and_images",
-]
 TOLERANCE = 1e-4
 PREFIX = "model.visual."
 
@@ -32,12 +23,6 @@ def golden_vision(golden_dir) -> MossVLVisionModel:
     model = MossVLVisionModel(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def golden_pixel_values(expected: dict[str, torch.Tensor]) -> torch.Tensor:
-    pixel_values = (expected["pixel_levels"].float() - 127.5) / 127.5
-    pixel_values[expected["pixel_blank_rows"]] = 0.0
-    return pixel_values
 
 
 def run_with_captures(model: MossVLVisionModel, pixel_values, grid_thw) -> dict[str, torch.Tensor]:
@@ -62,15 +47,14 @@ def run_with_captures(model: MossVLVisionModel, pixel_values, grid_thw) -> dict[
     return captured
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_vision_matches_official(golden_vision, golden_dir, case):
-    expected = load_file(golden_dir / "expected" / f"{case}.safetensors")
-    captured = run_with_captures(golden_vision, golden_pixel_values(expected), expected["grid_thw"])
+def test_vision_matches_official(golden_vision, golden_expected, golden_case_name):
+    expected = golden_expected(golden_case_name)
+    captured = run_with_captures(golden_vision, expected["pixel_values"], expected["grid_thw"])
     names = [name for name in captured if name in expected]
     assert "vision_embeds_packed" in names
-    if case in ("image_single", "video_single"):
+    if golden_case_name in ("image_single", "video_single"):
         assert len(names) == 2 + len(golden_vision.blocks)
     for name in names:
         assert captured[name].shape == expected[name].shape, name
         diff = (captured[name] - expected[name]).abs().max().item()
-        assert diff <= TOLERANCE, f"{case} {name}: max abs diff {diff:.3e}"
+        assert diff <= TOLERANCE, f"{golden_case_name} {name}: max abs diff {diff:.3e}"

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import DynamicCache
 
 from mossvl.errors import QueryError
@@ -11,23 +10,15 @@ from mossvl.model import MossVLConfig, MossVLForConditionalGeneration
 IMAGE_PAD = 396
 
 
-def load_case(golden_dir, name: str) -> tuple[dict, dict]:
-    expected = load_file(golden_dir / "expected" / f"{name}.safetensors")
-    pixel_values = (expected["pixel_levels"].to(torch.float32) - 127.5) / 127.5
-    pixel_values[expected["pixel_blank_rows"]] = 0.0
-    inputs = {
-        "input_ids": expected["input_ids"],
-        "attention_mask": expected["attention_mask"],
-        "pixel_values": pixel_values,
-        "grid_thw": expected["grid_thw"],
-        "media_nums_per_sample": expected["media_nums_per_sample"],
-    }
-    return expected, inputs
+def load_case(golden_expected, name: str) -> tuple[dict, dict]:
+    expected = golden_expected(name)
+    keys = ("input_ids", "attention_mask", "pixel_values", "grid_thw", "media_nums_per_sample")
+    return expected, {key: expected[key] for key in keys}
 
 
 @torch.no_grad()
-def test_bfloat16_forward_and_generate_on_cpu(golden_dir):
-    expected, inputs = load_case(golden_dir, "interleaved")
+def test_bfloat16_forward_and_generate_on_cpu(golden_dir, golden_expected):
+    expected, inputs = load_case(golden_expected, "interleaved")
     model = MossVLForConditionalGeneration.from_pretrained(golden_dir, dtype=torch.bfloat16).eval()
     logits = model(**inputs, use_cache=False).logits
     assert logits.dtype == torch.bfloat16
@@ -37,8 +28,8 @@ def test_bfloat16_forward_and_generate_on_cpu(golden_dir):
 
 
 @torch.no_grad()
-def test_eager_attention_matches_golden(golden_dir):
-    expected, inputs = load_case(golden_dir, "batch_image_video")
+def test_eager_attention_matches_golden(golden_dir, golden_expected):
+    expected, inputs = load_case(golden_expected, "batch_image_video")
     model = MossVLForConditionalGeneration.from_pretrained(
         golden_dir, dtype=torch.float32, attn_implementation="eager"
     ).eval()
@@ -49,15 +40,15 @@ def test_eager_attention_matches_golden(golden_dir):
 
 
 @torch.no_grad()
-def test_text_only_without_media_skips_cross_layers(golden_model, golden_dir):
-    expected, inputs = load_case(golden_dir, "text_only")
+def test_text_only_without_media_skips_cross_layers(golden_model, golden_expected):
+    expected, inputs = load_case(golden_expected, "text_only")
     logits = golden_model(input_ids=inputs["input_ids"], use_cache=False).logits
     assert (logits - expected["logits"]).abs().max().item() <= 1e-5
 
 
 @torch.no_grad()
-def test_vision_chunking_and_logits_to_keep(golden_model, golden_dir):
-    _, inputs = load_case(golden_dir, "image_two")
+def test_vision_chunking_and_logits_to_keep(golden_model, golden_expected):
+    _, inputs = load_case(golden_expected, "image_two")
     full = golden_model(**inputs, use_cache=False).logits
     chunked = golden_model(**inputs, use_cache=False, vision_chunked_length=1).logits
     last = golden_model(**inputs, use_cache=False, logits_to_keep=1).logits
@@ -66,8 +57,8 @@ def test_vision_chunking_and_logits_to_keep(golden_model, golden_dir):
 
 
 @torch.no_grad()
-def test_loss_is_shifted_cross_entropy_ignoring_minus_100(golden_model, golden_dir):
-    _, inputs = load_case(golden_dir, "image_single")
+def test_loss_is_shifted_cross_entropy_ignoring_minus_100(golden_model, golden_expected):
+    _, inputs = load_case(golden_expected, "image_single")
     labels = inputs["input_ids"].clone()
     labels[:, :10] = -100
     labels[labels == IMAGE_PAD] = -100
@@ -153,8 +144,8 @@ def test_a_filled_foreign_cache_is_rejected():
         model(input_ids=torch.tensor([[1, 2]]), past_key_values=cache)
 
 
-def test_several_return_sequences_repeat_each_samples_media(golden_model, golden_dir):
-    expected, inputs = load_case(golden_dir, "batch_image_video")
+def test_several_return_sequences_repeat_each_samples_media(golden_model, golden_expected):
+    expected, inputs = load_case(golden_expected, "batch_image_video")
     torch.manual_seed(0)
     out = golden_model.generate(
         **inputs, max_new_tokens=4, do_sample=True, top_k=1, num_return_sequences=2, pad_token_id=384

@@ -3,7 +3,6 @@ must give the logits of one forward over the whole conversation."""
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mossvl.model import MossVLCache
 
@@ -18,11 +17,9 @@ def model(golden_model):
     golden_model.config.rotate_cross_query_in_decode = False
 
 
-def load_case(golden_dir, name: str) -> tuple[dict, torch.Tensor]:
-    expected = load_file(golden_dir / "expected" / f"{name}.safetensors")
-    pixel_values = (expected["pixel_levels"].to(torch.float32) - 127.5) / 127.5
-    pixel_values[expected["pixel_blank_rows"]] = 0.0
-    return expected, pixel_values
+def load_case(golden_expected, name: str) -> tuple[dict, torch.Tensor]:
+    expected = golden_expected(name)
+    return expected, expected["pixel_values"]
 
 
 def media_rows(grid_thw: torch.Tensor, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -30,9 +27,9 @@ def media_rows(grid_thw: torch.Tensor, pixel_values: torch.Tensor) -> list[torch
 
 
 @torch.no_grad()
-def test_new_images_in_second_turn_match_one_forward(model, golden_dir):
-    first, first_pixels = load_case(golden_dir, "image_single")
-    second, second_pixels = load_case(golden_dir, "image_two")
+def test_new_images_in_second_turn_match_one_forward(model, golden_expected):
+    first, first_pixels = load_case(golden_expected, "image_single")
+    second, second_pixels = load_case(golden_expected, "image_two")
     turn1, turn2 = first["input_ids"], second["input_ids"][:, 3:]  # turn2 holds two image_pads
     reference = model(
         input_ids=torch.cat([turn1, turn2], dim=1),
@@ -59,9 +56,9 @@ def test_new_images_in_second_turn_match_one_forward(model, golden_dir):
 
 
 @torch.no_grad()
-def test_left_padded_batch_continuation_with_new_media(model, golden_dir):
-    prompt, prompt_pixels = load_case(golden_dir, "batch_image_video")
-    extra, extra_pixels = load_case(golden_dir, "image_two")
+def test_left_padded_batch_continuation_with_new_media(model, golden_expected):
+    prompt, prompt_pixels = load_case(golden_expected, "batch_image_video")
+    extra, extra_pixels = load_case(golden_expected, "image_two")
     old_media = media_rows(prompt["grid_thw"], prompt_pixels)
     new_media = media_rows(extra["grid_thw"], extra_pixels)
     new_ids = torch.tensor([[72, IMAGE_PAD, 101, 33], [IMAGE_PAD, 80, 81, 82]])
@@ -101,8 +98,8 @@ def test_left_padded_batch_continuation_with_new_media(model, golden_dir):
 
 
 @torch.no_grad()
-def test_text_continuation_and_rotated_decode_match_recompute(model, golden_dir):
-    prompt, pixels = load_case(golden_dir, "video_single")
+def test_text_continuation_and_rotated_decode_match_recompute(model, golden_expected):
+    prompt, pixels = load_case(golden_expected, "video_single")
     follow_up = torch.tensor([[10, 20, 30, 40, 50]])
     full = torch.cat([prompt["input_ids"], follow_up], dim=1)
     inputs = {"pixel_values": pixels, "grid_thw": prompt["grid_thw"]}
@@ -118,9 +115,9 @@ def test_text_continuation_and_rotated_decode_match_recompute(model, golden_dir)
 
 
 @torch.no_grad()
-def test_blank_image_of_text_prompt_is_replaced_by_later_media(model, golden_dir):
-    text, blank_pixels = load_case(golden_dir, "text_only")
-    image, image_pixels = load_case(golden_dir, "image_single")
+def test_blank_image_of_text_prompt_is_replaced_by_later_media(model, golden_expected):
+    text, blank_pixels = load_case(golden_expected, "text_only")
+    image, image_pixels = load_case(golden_expected, "image_single")
     turn2 = image["input_ids"][:, 3:]
     reference = model(
         input_ids=torch.cat([text["input_ids"], turn2], dim=1),
@@ -143,8 +140,8 @@ def test_blank_image_of_text_prompt_is_replaced_by_later_media(model, golden_dir
 
 
 @torch.no_grad()
-def test_generate_continues_a_session_cache(model, golden_dir):
-    prompt, pixels = load_case(golden_dir, "image_single")
+def test_generate_continues_a_session_cache(model, golden_expected):
+    prompt, pixels = load_case(golden_expected, "image_single")
     inputs = {"pixel_values": pixels, "grid_thw": prompt["grid_thw"]}
     cache = MossVLCache(model.config)
     first = model.generate(

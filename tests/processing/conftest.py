@@ -1,4 +1,5 @@
-"""Fixtures for processing tests: tiny videos written with PyAV, and a helper that decodes every frame."""
+"""Fixtures for processing tests: tiny videos written with PyAV, and the helpers that write, draw and decode them
+(plain functions, handed to tests through fixtures of the same name)."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 
-def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
+def _frame_pattern(i: int, height: int, width: int) -> np.ndarray:
     """A frame whose content identifies its index: a gradient shifted by i."""
     yy, xx = np.mgrid[0:height, 0:width]
     return np.stack(
@@ -16,7 +17,7 @@ def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
     ).astype(np.uint8)
 
 
-def write_clip(
+def _write_clip(
     path: Path,
     num_frames: int,
     *,
@@ -34,7 +35,7 @@ def write_clip(
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(_frame_pattern(i, height, width), format="rgb24")
             if pts_ms is not None:
                 frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
             for packet in stream.encode(frame):
@@ -44,7 +45,7 @@ def write_clip(
     return path
 
 
-def decode_all(path: Path) -> tuple[list[np.ndarray], list[float]]:
+def _decode_all(path: Path) -> tuple[list[np.ndarray], list[float]]:
     """Every frame (RGB) and its time relative to the first frame, by plain sequential decoding."""
     frames, pts = [], []
     with av.open(str(path)) as container:
@@ -62,10 +63,25 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         500 + t for t in np.cumsum([0, 40, 40, 150, 40, 300, 40, 40, 90, 40, 40, 500, 40, 40]).tolist()
     ]
     return {
-        "cfr": write_clip(root / "cfr.mp4", 47, fps=10),
-        "vfr": write_clip(root / "vfr.mkv", len(vfr_pts), fps=25, pts_ms=vfr_pts),
-        "offset": write_clip(
+        "cfr": _write_clip(root / "cfr.mp4", 47, fps=10),
+        "vfr": _write_clip(root / "vfr.mkv", len(vfr_pts), fps=25, pts_ms=vfr_pts),
+        "offset": _write_clip(
             root / "offset.mp4", 30, fps=6, pts_ms=[500 + round(i * 1000 / 6) for i in range(30)]
         ),
-        "wide": write_clip(root / "wide.mp4", 12, size=(40, 90), fps=Fraction(5, 2), gop=4),
+        "wide": _write_clip(root / "wide.mp4", 12, size=(40, 90), fps=Fraction(5, 2), gop=4),
     }
+
+
+@pytest.fixture
+def frame_pattern():
+    return _frame_pattern
+
+
+@pytest.fixture
+def write_clip():
+    return _write_clip
+
+
+@pytest.fixture
+def decode_all():
+    return _decode_all

@@ -1,7 +1,5 @@
 """MossVLProcessor: batching, padding, blank image, labels, strict placeholder checks, prepare(), save/load."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -168,8 +166,8 @@ def test_prepare_training_labels(proc):
     assert proc.tokenizer.decode(kept) == "A<|im_end|>"
 
 
-def test_special_token_ids_come_from_the_tokenizer(proc, golden_dir):
-    ids = json.loads((golden_dir / "cases.json").read_text())["special_token_ids"]
+def test_special_token_ids_come_from_the_tokenizer(proc, golden_json):
+    ids = golden_json["special_token_ids"]
     assert proc.token_ids == ids
     assert proc.image_token_id == 396 and proc.vision_start_token_id == 393
 

@@ -18,10 +18,8 @@ def test_prompt_style_puts_images_then_videos_then_text():
     assert conv.media == [("image", "/data/a.png"), ("image", "/data/b.png"), ("video", "/data/v.mp4")]
 
 
-def test_prompt_style_matches_the_offline_api_input_text(golden_dir):
-    import json
-
-    offline = json.loads((golden_dir / "cases.json").read_text())["offline_api"]["offline_batch_generate"]
+def test_prompt_style_matches_the_offline_api_input_text(golden_json):
+    offline = golden_json["offline_api"]["offline_batch_generate"]
     for call, result in zip(offline["call"], offline["results"], strict=True):
         conv = normalize_query({k: call[k] for k in ("prompt", "images", "videos")})
         assert render_chat(conv.messages) == result["input_text"]

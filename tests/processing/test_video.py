@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import decode_all, frame_pattern, write_clip
 from mossvl.errors import MediaError, QueryError
 from mossvl.processing.transforms import patchify, resize_uint8, smart_resize_video
 from mossvl.processing.video import (
@@ -31,7 +30,7 @@ def expected_rows(frames: list[np.ndarray], size: tuple[int, int]) -> torch.Tens
 
 @pytest.mark.parametrize("name", ["cfr", "vfr", "offset", "wide"])
 @pytest.mark.parametrize("fps", [1.0, 4.0])
-def test_sampled_frames_and_times_match_sequential_decode(clips, name, fps):
+def test_sampled_frames_and_times_match_sequential_decode(clips, name, fps, decode_all):
     frames, times = decode_all(clips[name])
     index = probe_video(clips[name])
     assert index.num_frames == len(frames)
@@ -63,7 +62,7 @@ def test_threads_give_identical_frames(clips, threads):
     assert torch.equal(one, many)
 
 
-def test_decode_keeps_requested_order_and_duplicates(clips):
+def test_decode_keeps_requested_order_and_duplicates(clips, decode_all):
     index = probe_video(clips["cfr"])
     frames, _ = decode_all(clips["cfr"])
     got = decode_frames(index, [30, 2, 30, 45], (48, 64))
@@ -71,7 +70,7 @@ def test_decode_keeps_requested_order_and_duplicates(clips):
     assert torch.equal(got, want)
 
 
-def test_stream_without_timestamps_is_decoded_front_to_back(tmp_path):
+def test_stream_without_timestamps_is_decoded_front_to_back(tmp_path, decode_all, frame_pattern):
     path = tmp_path / "raw.h264"
     with av.open(str(path), "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=10)
@@ -88,7 +87,7 @@ def test_stream_without_timestamps_is_decoded_front_to_back(tmp_path):
     assert torch.equal(got, torch.from_numpy(np.stack([frames[3], frames[20]])).permute(0, 3, 1, 2))
 
 
-def test_segments_sample_requested_times(clips):
+def test_segments_sample_requested_times(clips, decode_all):
     frames, times = decode_all(clips["cfr"])
     proc = MossVLVideoProcessor(video_fps=2.0)
     outs = proc.process([{"video_path": str(clips["cfr"]), "segments": [[1.0, 2.5], [3.05]]}])
@@ -193,7 +192,7 @@ def test_video_max_pixels_is_a_volume_budget_shared_by_videos(clips):
     assert sum(o.pixel_values.shape[0] * 256 for o in outs) <= budget
 
 
-def test_pre_extracted_frames_keep_their_timestamps():
+def test_pre_extracted_frames_keep_their_timestamps(frame_pattern):
     frames = [frame_pattern(i, 40, 70) for i in range(3)]
     proc = MossVLVideoProcessor()
     out = proc.process([{"frames": frames, "timestamps": [0.0, 0.5, 2.25]}])[0]
@@ -286,7 +285,7 @@ def test_config_round_trip_with_official_keys(tmp_path, golden_dir):
     assert again.to_dict() == proc.to_dict()
 
 
-def test_fraction_rate_clip_timestamps(tmp_path):
+def test_fraction_rate_clip_timestamps(tmp_path, write_clip):
     path = write_clip(tmp_path / "ntsc.mp4", 20, fps=Fraction(30000, 1001), gop=5)
     out = MossVLVideoProcessor(video_fps=10.0).process([str(path)])[0]
     assert out.timestamps == pytest.approx([i * 1001 / 30000 for i in out.frame_indices], abs=1e-9)

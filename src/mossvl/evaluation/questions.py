@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MediaError, QueryError
+from ..processing.media_refs import is_url, resolve_media_path
 from .scoring import gold_choice
 
 _KNOWN_FIELDS = (
@@ -32,7 +33,6 @@ _KNOWN_FIELDS = (
     "answer_seconds",
     "duration",
 )
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 SCORINGS = ("temporal", "choice", "number", "exact")
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 
@@ -68,7 +68,7 @@ class Question:
 
     def media_paths(self) -> list[str]:
         videos = [v["video_path"] if isinstance(v, dict) else v for v in self.videos]
-        return [p for p in (*self.images, *videos) if not _URL.match(p)]
+        return [p for p in (*self.images, *videos) if not is_url(p)]
 
 
 def load_questions(path: str | os.PathLike, check_media: bool = False) -> list[Question]:
@@ -123,12 +123,6 @@ def _records(text: str, path: Path) -> list[tuple[str, object]]:
     return records
 
 
-def _resolve(value: str, base_dir: Path) -> str:
-    if _URL.match(value) or Path(value).is_absolute():
-        return value
-    return str(base_dir / value)
-
-
 def _string(record: dict, key: str, where: str, default: str | None = None) -> str:
     value = record.get(key, default)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -163,9 +157,9 @@ def _media(record: dict, key: str, where: str, base_dir: Path) -> tuple:
         if key == "videos" and isinstance(item, dict):
             if not isinstance(item.get("video_path"), str):
                 raise QueryError(f"{where}: {key}[{index}] is a dict without a 'video_path' string")
-            items.append({**item, "video_path": _resolve(item["video_path"], base_dir)})
+            items.append({**item, "video_path": resolve_media_path(item["video_path"], base_dir)})
         elif isinstance(item, str) and item:
-            items.append(_resolve(item, base_dir))
+            items.append(resolve_media_path(item, base_dir))
         else:
             raise QueryError(f"{where}: {key}[{index}] must be a path string, got {item!r}")
     return tuple(items)

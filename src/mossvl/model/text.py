@@ -103,8 +103,11 @@ class CrossAttentionInputs:
     rotate_query: bool
 
 
-class MossVLTextAttention(nn.Module):
-    """Causal GQA self-attention; q_norm / k_norm per head before XRoPE (spec §5.1)."""
+class _GroupedQueryAttention(nn.Module):
+    """What self- and cross-attention share: GQA q/k/v/o projections, a per-head RMSNorm for q and k, and the
+    call of the configured attention kernel. Subclasses set ``is_causal``."""
+
+    is_causal: bool
 
     def __init__(self, config: MossVLTextConfig, layer_idx: int):
         super().__init__()
@@ -115,7 +118,6 @@ class MossVLTextAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.num_key_value_groups = self.num_heads // self.num_kv_heads
         self.scaling = self.head_dim**-0.5
-        self.is_causal = True
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
@@ -124,22 +126,17 @@ class MossVLTextAttention(nn.Module):
         self.q_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        past_key_values: MossVLCache | None,
+    def heads(self, states: torch.Tensor, proj: nn.Linear, norm: nn.Module | None = None) -> torch.Tensor:
+        """States (B, L, H) through ``proj`` (then ``norm`` per head) → (B, heads, L, D)."""
+        batch, length, _ = states.shape
+        states = proj(states).view(batch, length, -1, self.head_dim)
+        return (states if norm is None else norm(states)).transpose(1, 2)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        q = self.q_norm(self.q_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(hidden).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
-        attend = _attention_function(self.config._attn_implementation, cross=False)
+        """q (B, H, L, D) over k / v (B, Hkv, S, D), then o_proj → (B, L, hidden)."""
+        attend = _attention_function(self.config._attn_implementation, cross=not self.is_causal)
         # No position_ids here: XRoPE positions jump at images, which must not look like packed sequences.
         output, _ = attend(
             self,
@@ -149,39 +146,45 @@ class MossVLTextAttention(nn.Module):
             attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
+            is_causal=self.is_causal,
         )
+        batch, _, length, _ = q.shape
         return self.o_proj(output.reshape(batch, length, -1))
 
 
-class MossVLTextCrossAttention(nn.Module):
+class MossVLTextAttention(_GroupedQueryAttention):
+    """Causal GQA self-attention; q_norm / k_norm per head before XRoPE (spec §5.1)."""
+
+    is_causal = True
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: MossVLCache | None,
+    ) -> torch.Tensor:
+        q = self.heads(hidden, self.q_proj, self.q_norm)
+        k = self.heads(hidden, self.k_proj, self.k_norm)
+        v = self.heads(hidden, self.v_proj)  # (B, Hkv, L, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        return self.attend(q, k, v, attention_mask)
+
+
+class MossVLTextCrossAttention(_GroupedQueryAttention):
     """Text-to-vision GQA attention: q_norm then XRoPE on text queries, k_norm then XRoPE on vision keys, plain v."""
 
-    def __init__(self, config: MossVLTextConfig, layer_idx: int):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_kv_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.q_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
-        self.k_norm = MossVLTextRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+    is_causal = False
 
     def vision_key_values(
         self, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, Hkv, Lv, D) of vision memory states (B, Lv, H)."""
-        batch, length, _ = states.shape
-        k = self.k_norm(self.k_proj(states).view(batch, length, -1, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        return apply_rotary(k, cos, sin), v
+        k = self.heads(states, self.k_proj, self.k_norm)
+        return apply_rotary(k, cos, sin), self.heads(states, self.v_proj)
 
     def forward(
         self,
@@ -193,22 +196,10 @@ class MossVLTextCrossAttention(nn.Module):
         values: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        q = self.q_norm(self.q_proj(hidden).view(batch, length, -1, self.head_dim)).transpose(1, 2)
+        q = self.heads(hidden, self.q_proj, self.q_norm)
         if rotate_query:
             q = apply_rotary(q, cos, sin)
-        attend = _attention_function(self.config._attn_implementation, cross=True)
-        output, _ = attend(
-            self,
-            q,
-            keys,
-            values,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=False,
-        )
-        return self.o_proj(output.reshape(batch, length, -1))
+        return self.attend(q, keys, values, attention_mask)
 
 
 class MossVLSelfAttentionDecoderLayer(GradientCheckpointingLayer):

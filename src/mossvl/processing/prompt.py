@@ -5,15 +5,13 @@ text / image / image_url / video), `prompt` + `images` + `videos` (+ `response` 
 training `conversations` key; top-level `images` / `videos` feed the inline placeholders in order.
 """
 
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mossvl import constants as C
 from mossvl.errors import QueryError
-from mossvl.processing.video import expand_segments, parse_segments
+from mossvl.processing.media_refs import resolve_media_path, units_per_placeholder, video_units
 
 ROLES = ("system", "user", "assistant")
 PLACEHOLDER_RE = re.compile(re.escape(C.IMAGE_PLACEHOLDER) + "|" + re.escape(C.VIDEO_PLACEHOLDER))
@@ -62,15 +60,6 @@ class Conversation:
         return "".join(item.get("text", "") for item in first["content"])
 
 
-def _resolve(source: Any, base_dir: str | None) -> Any:
-    if not isinstance(source, str | Path) or base_dir is None:
-        return source
-    text = str(source)
-    if text.startswith(("http://", "https://", "rtsp://", "data:", "file://")) or os.path.isabs(text):
-        return text
-    return os.path.join(base_dir, text)
-
-
 def _image_source(item: dict[str, Any], where: str) -> Any:
     if item["type"] == "image_url":
         url = item.get("image_url")
@@ -81,40 +70,27 @@ def _image_source(item: dict[str, Any], where: str) -> Any:
     raise QueryError(f"{where}: image item has no 'image' field: {item!r}")
 
 
-def _video_units(source: Any, base_dir: str | None, where: str) -> list[Any]:
-    """A video source → its media units (one per segment), paths resolved against base_dir."""
-    if isinstance(source, dict):
-        if "frames" in source:
-            return [source]
-        if "video_path" not in source:
-            raise QueryError(
-                f"{where}: a video dict needs 'video_path' (or 'frames'), got keys {sorted(source)}"
-            )
-        if "segments" in source:
-            parse_segments(source["segments"], str(source["video_path"]))
-        return expand_segments([{**source, "video_path": _resolve(source["video_path"], base_dir)}])
-    if isinstance(source, str | Path):
-        return [_resolve(source, base_dir)]
-    raise QueryError(f"{where}: unsupported video source of type {type(source).__name__}")
+def _video_units(source: Any, base_dir: str | None, field: str) -> list[Any]:
+    """A video source → its media units (one per segment); pre-extracted frames are one unit as they are."""
+    if isinstance(source, dict) and "frames" in source:
+        return [source]
+    return video_units(source, base_dir, field)
 
 
 class _Pools:
     """Top-level `images` / `videos` consumed in order by inline placeholders."""
 
     def __init__(self, images: list[Any], videos: list[Any], placeholder_videos: int, base_dir: str | None):
-        self.images = [_resolve(i, base_dir) for i in images]
+        self.images = [resolve_media_path(i, base_dir) for i in images]
         units = [_video_units(v, base_dir, f"videos[{i}]") for i, v in enumerate(videos)]
-        total_units = sum(len(u) for u in units)
-        if placeholder_videos == total_units:
-            self.videos = [[u] for group in units for u in group]
-        elif placeholder_videos == len(units):
-            # Reference rule: one <|video|> per raw video repeats once per segment.
-            self.videos = units
-        else:
+        counts = units_per_placeholder(placeholder_videos, [len(u) for u in units])
+        if counts is None:
             raise QueryError(
                 f"{placeholder_videos} {C.VIDEO_PLACEHOLDER} placeholder(s) but {len(units)} video(s) "
-                f"({total_units} unit(s) after segment expansion)"
+                f"({sum(len(u) for u in units)} unit(s) after segment expansion)"
             )
+        flat = iter(unit for group in units for unit in group)
+        self.videos = [[next(flat) for _ in range(count)] for count in counts]
         self.next_image = 0
         self.next_video = 0
 
@@ -171,11 +147,12 @@ def _normalize_content(content: Any, pools: _Pools | None, base_dir: str | None,
         if kind == "text":
             items.extend(_split_text(str(item.get("text", "")), pools, at))
         elif kind in ("image", "image_url"):
-            items.append({"type": "image", "image": _resolve(_image_source(item, at), base_dir)})
+            items.append({"type": "image", "image": resolve_media_path(_image_source(item, at), base_dir)})
         elif kind == "video":
             if item.get("video") is None:
                 raise QueryError(f"{at}: video item has no 'video' field: {item!r}")
-            items.extend({"type": "video", "video": u} for u in _video_units(item["video"], base_dir, at))
+            units = _video_units(item["video"], base_dir, f"{at}.video")
+            items.extend({"type": "video", "video": unit} for unit in units)
         else:
             raise QueryError(f"{at}: unknown content type {kind!r}; use text, image, image_url or video")
     return items

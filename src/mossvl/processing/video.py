@@ -89,14 +89,18 @@ def parse_segments(segments: Any, name: str) -> list[tuple[float, float | None]]
     return parsed
 
 
+def split_segments(video: dict[str, Any], segments: list[tuple[float, float | None]]) -> list[dict[str, Any]]:
+    """A video dict and its parsed segments → one one-segment dict per segment (a media unit each)."""
+    return [{**video, "segments": [[start] if end is None else [start, end]]} for start, end in segments]
+
+
 def expand_segments(videos: list[Any]) -> list[Any]:
     """One entry per media unit: a {video_path, segments} dict with k segments becomes k one-segment dicts."""
     out = []
     for video in videos:
         if isinstance(video, dict) and "segments" in video:
             name = str(video.get("video_path", "video"))
-            for seg in parse_segments(video["segments"], name):
-                out.append({**video, "segments": [[seg[0]] if seg[1] is None else [seg[0], seg[1]]]})
+            out.extend(split_segments(video, parse_segments(video["segments"], name)))
         else:
             out.append(video)
     return out

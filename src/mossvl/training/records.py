@@ -24,7 +24,7 @@ import numpy as np
 
 from ..constants import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from ..errors import QueryError
-from ..processing.video import expand_segments, parse_segments
+from ..processing.media_refs import is_url, media_path, units_per_placeholder, video_units
 
 ROLE_ALIASES = {
     "human": "user",
@@ -107,131 +107,118 @@ def read_record(path: str | os.PathLike, span: tuple[int, int], index: int) -> d
 
 
 def normalize_record(record: dict, index: int, base_dir: str | os.PathLike) -> Conversation:
-    """Turn one record of either format into a Conversation with absolute media paths, or raise QueryError."""
-    base_dir = Path(base_dir)
+    """Turn one record of either format into a Conversation with absolute media paths, or raise QueryError
+    naming the record (``record {index}: ...``) and the field."""
+    try:
+        return _normalize(record, Path(base_dir))
+    except QueryError as exc:
+        raise QueryError(f"record {index}: {exc}") from exc
+
+
+def _normalize(record: dict, base_dir: Path) -> Conversation:
     images = [
-        _resolve(item, base_dir, index, f"images[{i}]")
-        for i, item in enumerate(_list(record, "images", index))
+        _existing(media_path(item, base_dir, f"images[{i}]"), f"images[{i}]")
+        for i, item in enumerate(_list(record, "images"))
     ]
-    videos = [_video(item, base_dir, index, i) for i, item in enumerate(_list(record, "videos", index))]
     # A segmented video is one unit per segment; `units[i]` lists the units of raw video i.
-    units = [expand_segments([video]) for video in videos]
+    units = [_video(item, base_dir, f"videos[{i}]") for i, item in enumerate(_list(record, "videos"))]
     has_turns = [key for key in ("conversations", "messages") if key in record]
     if "prompt" in record and has_turns:
-        raise QueryError(f"record {index}: has both 'prompt' and '{has_turns[0]}'; use one format per record")
+        raise QueryError(f"has both 'prompt' and '{has_turns[0]}'; use one format per record")
     if "prompt" in record:
-        messages = _prompt_messages(record, index, len(images), [len(u) for u in units])
+        messages = _prompt_messages(record, len(images), [len(u) for u in units])
     elif has_turns:
-        messages = _turn_messages(record, has_turns[0], index)
+        messages = _turn_messages(record, has_turns[0])
     else:
-        raise QueryError(f"record {index}: needs 'prompt' + 'response' or 'conversations' / 'messages'")
-    messages = _check_placeholders(messages, index, len(images), [len(u) for u in units])
+        raise QueryError("needs 'prompt' + 'response' or 'conversations' / 'messages'")
+    messages = _check_placeholders(messages, len(images), [len(u) for u in units])
     return Conversation(messages=messages, images=images, videos=[unit for u in units for unit in u])
 
 
-def _list(record: dict, field: str, index: int) -> list:
+def _list(record: dict, field: str) -> list:
     value = record.get(field) or []
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
-        raise QueryError(f"record {index}: field '{field}' must be a list, got {type(value).__name__}")
+        raise QueryError(f"field '{field}' must be a list, got {type(value).__name__}")
     return value
 
 
-def _resolve(item: object, base_dir: Path, index: int, field: str) -> str:
-    if not isinstance(item, str) or not item:
-        raise QueryError(f"record {index}: field '{field}' must be a non-empty path string, got {item!r}")
-    if item.startswith(("http://", "https://", "data:")):
-        return item
-    path = Path(item.removeprefix("file://")).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        raise QueryError(f"record {index}: field '{field}': file not found: {path}")
-    return str(path)
+def _existing(path: str, field: str) -> str:
+    if not is_url(path) and not Path(path).is_file():
+        raise QueryError(f"field '{field}': file not found: {path}")
+    return path
 
 
-def _video(item: object, base_dir: Path, index: int, position: int) -> str | dict:
-    field = f"videos[{position}]"
-    if not isinstance(item, dict):
-        return _resolve(item, base_dir, index, field)
-    if "video_path" not in item:
-        raise QueryError(f"record {index}: field '{field}' is a dict without 'video_path'")
-    path = _resolve(item["video_path"], base_dir, index, f"{field}.video_path")
-    if item.get("segments") is None:
-        return path
-    try:
-        parse_segments(item["segments"], path)
-    except QueryError as exc:
-        raise QueryError(f"record {index}: field '{field}.segments': {exc}") from exc
-    return {"video_path": path, "segments": item["segments"]}
+def _video(item: object, base_dir: Path, field: str) -> list[str | dict]:
+    """The media units of one video (one per segment), its file checked to exist."""
+    units = video_units(item, base_dir, field)
+    if isinstance(units[0], dict):
+        _existing(units[0]["video_path"], f"{field}.video_path")
+    else:
+        _existing(units[0], field)
+    return units
 
 
-def _text(value: object, index: int, field: str, allow_empty: bool = False) -> str:
+def _text(value: object, field: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise QueryError(f"record {index}: field '{field}' must be a non-empty string, got {value!r}")
+        raise QueryError(f"field '{field}' must be a non-empty string, got {value!r}")
     return value
 
 
-def _prompt_messages(record: dict, index: int, num_images: int, segments_per_video: list[int]) -> list[dict]:
-    prompt = _text(record.get("prompt"), index, "prompt")
+def _prompt_messages(record: dict, num_images: int, segments_per_video: list[int]) -> list[dict]:
+    prompt = _text(record.get("prompt"), "prompt")
     if "response" not in record:
-        raise QueryError(f"record {index}: field 'response' is missing")
-    response = _text(record["response"], index, "response")
+        raise QueryError("field 'response' is missing")
+    response = _text(record["response"], "response")
     if IMAGE_PLACEHOLDER not in prompt and VIDEO_PLACEHOLDER not in prompt:
         units = num_images * [IMAGE_PLACEHOLDER] + sum(segments_per_video) * [VIDEO_PLACEHOLDER]
         prompt = "".join(f"{placeholder}\n" for placeholder in units) + prompt
     messages = []
     if record.get("system_prompt"):
-        messages.append({"role": "system", "content": _text(record["system_prompt"], index, "system_prompt")})
+        messages.append({"role": "system", "content": _text(record["system_prompt"], "system_prompt")})
     return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
-def _turn_messages(record: dict, field: str, index: int) -> list[dict]:
+def _turn_messages(record: dict, field: str) -> list[dict]:
     turns = record[field]
     if not isinstance(turns, list) or not turns:
-        raise QueryError(f"record {index}: field '{field}' must be a non-empty list of turns")
+        raise QueryError(f"field '{field}' must be a non-empty list of turns")
     messages = []
     for i, turn in enumerate(turns):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise QueryError(f"record {index}: field '{where}' must be an object with 'role' and 'content'")
+            raise QueryError(f"field '{where}' must be an object with 'role' and 'content'")
         role = turn.get("role", turn.get("from"))
         if role not in ROLE_ALIASES:
-            raise QueryError(
-                f"record {index}: field '{where}.role' must be system, user or assistant, got {role!r}"
-            )
+            raise QueryError(f"field '{where}.role' must be system, user or assistant, got {role!r}")
         role = ROLE_ALIASES[role]
         if role == "system" and i != 0:
-            raise QueryError(f"record {index}: field '{where}': a system turn may only come first")
-        content = _text(turn.get("content", turn.get("value")), index, f"{where}.content", allow_empty=True)
+            raise QueryError(f"field '{where}': a system turn may only come first")
+        content = _text(turn.get("content", turn.get("value")), f"{where}.content", allow_empty=True)
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
-        raise QueryError(
-            f"record {index}: field '{field}' has no assistant turn, so nothing would be learned"
-        )
+        raise QueryError(f"field '{field}' has no assistant turn, so nothing would be learned")
     return messages
 
 
-def _check_placeholders(
-    messages: list[dict], index: int, num_images: int, segments_per_video: list[int]
-) -> list[dict]:
+def _check_placeholders(messages: list[dict], num_images: int, segments_per_video: list[int]) -> list[dict]:
     """Check placeholder counts against the media; expand one `<|video|>` per segmented video to one per segment."""
     num_image_slots = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
     if num_image_slots != num_images:
         raise QueryError(
-            f"record {index}: field 'images' has {num_images} entries but the text has {num_image_slots} "
+            f"field 'images' has {num_images} entries but the text has {num_image_slots} "
             f"{IMAGE_PLACEHOLDER} placeholders"
         )
     num_video_slots = sum(m["content"].count(VIDEO_PLACEHOLDER) for m in messages)
-    if num_video_slots == sum(segments_per_video):
-        return messages
-    if num_video_slots != len(segments_per_video):
+    counts = units_per_placeholder(num_video_slots, segments_per_video)
+    if counts is None:
         raise QueryError(
-            f"record {index}: field 'videos' has {sum(segments_per_video)} video units "
+            f"field 'videos' has {sum(segments_per_video)} video units "
             f"({len(segments_per_video)} videos, segments counted one each) but the text has {num_video_slots} "
             f"{VIDEO_PLACEHOLDER} placeholders"
         )
-    counts = iter(segments_per_video)
+    counts = iter(counts)
     expanded = []
     for message in messages:
         pieces = message["content"].split(VIDEO_PLACEHOLDER)
