@@ -18,12 +18,16 @@ demo: $(STAMP)
 	$(BIN)/python -m mossvl.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "slow or not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Retrain the shipped demo model from scratch on the CPU (~20 min), then evaluate it (docs/demo_model_eval.md).
+demo-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/make_demo_model.py
