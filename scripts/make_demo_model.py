@@ -48,12 +48,12 @@ GATE_PARAMETERS = ("cross_attn_attn_gate", "cross_attn_mlp_gate")
 TASK_WEIGHTS = {
     "color": 0.3,
     "shape": 2.5,
-    "count": 2.0,
-    "position": 8.0,
+    "count": 2.5,
+    "position": 5.0,
     "event": 0.4,
     "order": 2.0,
-    "direction": 1.5,
-    "temporal": 1.25,
+    "direction": 1.75,
+    "temporal": 1.5,
 }
 
 
@@ -214,9 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
     parser.add_argument("--ship-dir", type=Path, default=SHIP_DIR, help="where the final model goes")
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help="where the eval table and plot go")
-    parser.add_argument("--train", type=int, default=30000, help="training samples to generate")
+    parser.add_argument("--train", type=int, default=20000, help="training samples to generate")
     parser.add_argument("--test", type=int, default=400, help="held-out test samples")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup-steps", type=int, default=200)

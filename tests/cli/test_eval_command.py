@@ -11,8 +11,8 @@ from mossvl.cli.main import main
 from mossvl.data.synthetic import SAMPLES_DIR
 
 SAMPLE_ANSWERS = {
+    "What color is the shape?": "green",
     "How many shapes are in the image?": "3",
-    "Where is the green triangle relative to the red square?": "left",
     "When does the blue circle appear?": "2.5 seconds",
     "What happens to the blue circle in the video?": "it moves",
 }
@@ -44,18 +44,18 @@ def test_eval_defaults_to_the_bundled_samples(fake_api, tmp_path, capsys):
     assert {tokens for _, tokens in fake_api["batches"]} == {8}
     first = fake_api["batches"][0][0][0]
     assert first == {
-        "prompt": "How many shapes are in the image?",
-        "images": [str(SAMPLES_DIR / "shapes.png")],
+        "prompt": "What color is the shape?",
+        "images": [str(SAMPLES_DIR / "shape.png")],
         "videos": [],
     }
     summary = json.loads((tmp_path / "results.json").read_text())
     assert {t["task"]: t["accuracy"] for t in summary["tasks"]} == {
+        "color": 1.0,
         "count": 1.0,
-        "position": 1.0,
         "temporal": 1.0,
         "event": 0.0,
     }
-    assert (tmp_path / "eval.png").is_file() and "| count | number | 1 | 100.0%" in capsys.readouterr().out
+    assert (tmp_path / "eval.png").is_file() and "| color | exact | 1 | 100.0%" in capsys.readouterr().out
 
 
 def test_eval_limit_and_explicit_model(fake_api, tmp_path):

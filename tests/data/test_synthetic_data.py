@@ -171,12 +171,12 @@ def test_readme_samples_are_shipped_and_reproducible(tmp_path):
     assert questions_file.read_text() == (SAMPLES_DIR / "questions.json").read_text()
     questions = load_questions(SAMPLES_DIR / "questions.json", check_media=True)
     assert [(q.task, q.answer) for q in questions] == [
+        ("color", "green"),
         ("count", "3"),
-        ("position", "left"),
         ("temporal", "2.3 seconds"),
         ("event", "appears"),
     ]
-    for name in ("shapes.png", "two_shapes.png"):
+    for name in ("shape.png", "shapes.png"):
         shipped = np.asarray(Image.open(SAMPLES_DIR / name))
         assert np.array_equal(shipped, np.asarray(Image.open(tmp_path / name)))
     with av.open(str(SAMPLES_DIR / "clip.mp4")) as container:
