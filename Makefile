@@ -26,8 +26,8 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
-# Retrain the shipped demo model from scratch on the CPU (~20 min), then evaluate it (docs/demo_model_eval.md).
+# Retrain the shipped demo model from scratch on the CPU (~25 min), then evaluate it (docs/demo_model_eval.md).
 demo-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/make_demo_model.py

@@ -187,7 +187,7 @@ def write_training_file(questions_path: Path, out_path: Path, batch_size: int, e
 
 def run(command: list[str]) -> None:
     print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(command, check=True)  # inherits HF_HUB_OFFLINE=1, which main() sets
 
 
 def mossvl_command(*args: str) -> list[str]:
