@@ -16,6 +16,7 @@ from ..errors import QueryError
 from ..inference.offline import MossVLOfflineMixin
 from . import cross_attention_mask as xmask
 from .cache import MossVLCache
+from .compat import CACHE_FIELD, cache_argument
 from .configuration import MossVLConfig
 from .text import CrossAttentionInputs, MossVLTextModel, init_text_weights
 from .vision import MossVLVisionModel, MossVLVisionRotaryEmbedding, init_vision_weights
@@ -43,7 +44,7 @@ class MossVLPreTrainedModel(PreTrainedModel):
         "MossVLCrossAttentionDecoderLayer",
         "MossVLVisionBlock",
     ]
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -201,6 +202,7 @@ class MossVLModel(MossVLPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         vision_chunked_length: int | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Run one chunk: a whole prompt (empty cache) or a continuation / decode step on top of a cache.
@@ -208,7 +210,8 @@ class MossVLModel(MossVLPreTrainedModel):
         ``pixel_values`` / ``grid_thw`` / ``media_nums_per_sample`` describe only the media whose
         ``<|image_pad|>`` tokens are in this chunk; their vision K/V are appended to the cache.
         ``position_ids`` (3, B, L) and ``vision_position_ids`` (3, B, Lv) override the computed XRoPE positions;
-        ``inputs_embeds`` (B, L, H) replaces the token embeddings of ``input_ids``.
+        ``inputs_embeds`` (B, L, H) replaces the token embeddings of ``input_ids``. The cache may be passed as
+        ``cache`` (transformers >= 5.24) or ``past_key_values``.
         """
         if input_ids is None:
             raise QueryError(
@@ -218,7 +221,7 @@ class MossVLModel(MossVLPreTrainedModel):
         if use_cache is None:
             # A cache built in a training forward is never read, and activation checkpointing would fill it twice.
             use_cache = self.config.use_cache and not self.training
-        cache = self._resolve_cache(past_key_values, use_cache)
+        cache = self._resolve_cache(cache_argument(cache, past_key_values), use_cache)
         batch, length = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None:
@@ -294,7 +297,7 @@ class MossVLModel(MossVLPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             cross=cross,
             output_hidden_states=bool(output_hidden_states),
         )
@@ -303,15 +306,15 @@ class MossVLModel(MossVLPreTrainedModel):
             cache.record_step(next_position, last_prefix, plan)
         return outputs
 
-    def _resolve_cache(self, past_key_values: Cache | None, use_cache: bool) -> MossVLCache | None:
-        if isinstance(past_key_values, MossVLCache):
-            return past_key_values
-        if past_key_values is None:
+    def _resolve_cache(self, cache: Cache | None, use_cache: bool) -> MossVLCache | None:
+        if isinstance(cache, MossVLCache):
+            return cache
+        if cache is None:
             return MossVLCache(self.config) if use_cache else None
-        if isinstance(past_key_values, DynamicCache) and past_key_values.get_seq_length() == 0:
+        if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
             return MossVLCache(self.config)
         raise QueryError(
-            f"past_key_values must be a MossVLCache (got a filled {type(past_key_values).__name__}); "
+            f"the cache must be a MossVLCache (got a filled {type(cache).__name__}); "
             "start from None or MossVLCache(model.config)"
         )
 
@@ -418,6 +421,7 @@ class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, 
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         vision_chunked_length: int | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (B, L, V) (or of the last ``logits_to_keep`` tokens) and, with ``labels`` (-100 = ignored),
@@ -431,7 +435,7 @@ class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, 
             cross_attention_mask=cross_attention_mask,
             position_ids=position_ids,
             vision_position_ids=vision_position_ids,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, past_key_values),
             use_cache=use_cache,
             vision_chunked_length=vision_chunked_length,
             **kwargs,
@@ -447,8 +451,8 @@ class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, 
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     def prepare_inputs_for_generation(
@@ -457,16 +461,18 @@ class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, 
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        cache: Cache | None = None,
         **kwargs,
     ) -> dict:
-        prefill = is_first_iteration or past_key_values is None or past_key_values.get_seq_length() == 0
+        cache = cache_argument(cache, past_key_values)
+        prefill = is_first_iteration or cache is None or cache.get_seq_length() == 0
         if not prefill:
             kwargs = {key: value for key, value in kwargs.items() if key not in PREFILL_ONLY_INPUTS}
         return super().prepare_inputs_for_generation(
             input_ids,
-            past_key_values=past_key_values,
             attention_mask=attention_mask,
             is_first_iteration=is_first_iteration,
+            **{CACHE_FIELD: cache},
             **kwargs,
         )
 
@@ -488,15 +494,22 @@ class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, 
         model_kwargs.update({key: value for key, value in media.items() if value is not None})
         return input_ids, model_kwargs
 
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        # Without a cache every step re-reads the whole sequence: the new token sees what the last one saw.
+        mask = model_kwargs.get("cross_attention_mask")
+        if mask is not None:
+            model_kwargs["cross_attention_mask"] = torch.cat([mask, mask[:, :, -1:]], dim=2)
+        return model_kwargs
+
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> None:
         # XRoPE positions are computed by forward (prefill) and continued from the cache (decode).
         return None
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
-        if type(cache) is DynamicCache:
-            model_kwargs["past_key_values"] = MossVLCache(self.config)
+        if type(model_kwargs.get(CACHE_FIELD)) is DynamicCache:
+            model_kwargs[CACHE_FIELD] = MossVLCache(self.config)
 
 
 __all__ = ["MossVLForConditionalGeneration", "MossVLModel", "MossVLPreTrainedModel"]

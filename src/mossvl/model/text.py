@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .cache import MossVLCache, VisionAppend
+from .compat import CACHE_FIELD
 from .configuration import MossVLTextConfig
 from .xrope import MossVLTextRotaryEmbedding, apply_rotary
 
@@ -163,14 +164,14 @@ class MossVLTextAttention(_GroupedQueryAttention):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        past_key_values: MossVLCache | None,
+        cache: MossVLCache | None,
     ) -> torch.Tensor:
         q = self.heads(hidden, self.q_proj, self.q_norm)
         k = self.heads(hidden, self.k_proj, self.k_norm)
         v = self.heads(hidden, self.v_proj)  # (B, Hkv, L, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         return self.attend(q, k, v, attention_mask)
 
 
@@ -216,11 +217,11 @@ class MossVLSelfAttentionDecoderLayer(GradientCheckpointingLayer):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        past_key_values: MossVLCache | None,
+        cache: MossVLCache | None,
         cross: CrossAttentionInputs | None,
     ) -> torch.Tensor:
         hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden), cos, sin, attention_mask, past_key_values
+            self.input_layernorm(hidden), cos, sin, attention_mask, cache
         )
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
@@ -244,15 +245,15 @@ class MossVLCrossAttentionDecoderLayer(GradientCheckpointingLayer):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        past_key_values: MossVLCache | None,
+        cache: MossVLCache | None,
         cross: CrossAttentionInputs | None,
     ) -> torch.Tensor:
         if cross is None:
             return hidden
-        stores_memory = cross.states is not None and past_key_values is not None
+        stores_memory = cross.states is not None and cache is not None
         if not cross.sees_vision and not stores_memory:
             return hidden  # no token sees a frame: the layer is an exact identity
-        keys, values = self._memory(cross, past_key_values)
+        keys, values = self._memory(cross, cache)
         if not cross.sees_vision:
             return hidden
         attended = self.cross_attn(
@@ -263,15 +264,15 @@ class MossVLCrossAttentionDecoderLayer(GradientCheckpointingLayer):
         return hidden + self.cross_attn_mlp_gate.tanh() * (cross.rows * mlp_out)
 
     def _memory(
-        self, cross: CrossAttentionInputs, past_key_values: MossVLCache | None
+        self, cross: CrossAttentionInputs, cache: MossVLCache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Vision keys/values to attend to: new ones (also appended to the cache) or the cached ones."""
         if cross.states is None:
-            return past_key_values.cached_vision(self.layer_idx)
+            return cache.cached_vision(self.layer_idx)
         keys, values = self.cross_attn.vision_key_values(cross.states, cross.cos, cross.sin)
-        if past_key_values is None:
+        if cache is None:
             return keys, values
-        return past_key_values.append_vision(self.layer_idx, keys, values, cross.plan)
+        return cache.append_vision(self.layer_idx, keys, values, cross.plan)
 
 
 @torch.no_grad()
@@ -333,43 +334,53 @@ class MossVLTextModel(MossVLTextPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: MossVLCache | None = None,
+        cache: MossVLCache | None = None,
         cross: CrossAttentionInputs | None = None,
         output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPast:
         """Run the decoder over one chunk of text.
 
         ``position_ids`` (3, B, L) are XRoPE text positions (plain consecutive positions after the cached ones when
-        None); ``attention_mask`` is the 2D padding mask over cached + new tokens; ``cross`` carries the vision
-        memory inputs (None: every cross layer is skipped).
+        None); ``attention_mask`` is the 2D padding mask over cached + new tokens, or a ready 4D mask (B, 1, L, S);
+        ``cross`` carries the vision memory inputs (None: every cross layer is skipped).
         """
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length, _ = inputs_embeds.shape
         if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             steps = torch.arange(past, past + length, device=inputs_embeds.device)
             position_ids = steps.view(1, 1, -1).expand(3, batch, -1)
+        # Positional: the cache parameter was renamed in transformers 5.24.
         causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            layer_idx=self.first_self_layer,
+            self.config, inputs_embeds, attention_mask, cache, layer_idx=self.first_self_layer
         )
-        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
-
-        hidden = inputs_embeds
         all_hidden = [] if output_hidden_states else None
+        hidden = self.run_layers(inputs_embeds, position_ids, causal_mask, cache, cross, all_hidden)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{CACHE_FIELD: cache},
+        )
+
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        self_attention_mask: torch.Tensor | None,
+        cache,
+        cross: CrossAttentionInputs | None,
+        all_hidden: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The decoder stack and final norm over embeddings (B, L, H): the math shared by ``forward`` and the
+        inference engine, which brings its own cache (anything with ``update`` / ``cached_vision`` /
+        ``append_vision``) and a ready self-attention mask (None: causal within the chunk)."""
+        cos, sin = self.rotary_emb(hidden, position_ids)
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, cos, sin, causal_mask, past_key_values, cross)
+            hidden = layer(hidden, cos, sin, self_attention_mask, cache, cross)
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden,
-            past_key_values=past_key_values,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-        )
+        return hidden
