@@ -165,11 +165,18 @@ def test_greedy_generate(golden_model, golden_expected, golden_case_name, rotate
     assert diff <= TOLERANCE
 
 
-def test_generate_without_cache_equals_the_rotated_query_tokens(golden_model, golden_expected, golden_case_name):
+def test_generate_without_cache_equals_the_rotated_query_tokens(
+    golden_model, golden_expected, golden_case_name
+):
     """``use_cache=False`` re-reads the whole sequence each step, so every step rotates the cross-attention query,
     as the official code does then: the tokens are the rotated-query ones."""
     expected, inputs = load_case(golden_expected, golden_case_name)
     out = golden_model.generate(
-        **inputs, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=384, eos_token_id=[386, 384]
+        **inputs,
+        max_new_tokens=8,
+        do_sample=False,
+        use_cache=False,
+        pad_token_id=384,
+        eos_token_id=[386, 384],
     )
     assert torch.equal(out[:, expected["input_ids"].shape[1] :], expected["gen_tokens_rotq"])

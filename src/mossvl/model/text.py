@@ -220,9 +220,7 @@ class MossVLSelfAttentionDecoderLayer(GradientCheckpointingLayer):
         cache: MossVLCache | None,
         cross: CrossAttentionInputs | None,
     ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden), cos, sin, attention_mask, cache
-        )
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, attention_mask, cache)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
