@@ -22,7 +22,7 @@ SAMPLE_ANSWERS = {
 def fake_api(monkeypatch):
     calls = {"load": [], "batches": []}
 
-    def load(path=None, dtype="float32", device="cpu", attn_implementation=None):
+    def load(path=None, dtype=None, device="auto", **kwargs):
         calls["load"].append((path, dtype, device))
         return "model", "processor"
 
@@ -39,7 +39,7 @@ def fake_api(monkeypatch):
 def test_eval_defaults_to_the_bundled_samples(fake_api, tmp_path, capsys):
     args = ["eval", "--output", str(tmp_path), "--batch-size", "3", "--max-new-tokens", "8", "--quiet"]
     assert main(args) == 0
-    assert fake_api["load"] == [(None, "float32", "cpu")]
+    assert fake_api["load"] == [(None, None, "auto")]
     assert [len(queries) for queries, _ in fake_api["batches"]] == [3, 1]
     assert {tokens for _, tokens in fake_api["batches"]} == {8}
     first = fake_api["batches"][0][0][0]
@@ -72,7 +72,7 @@ def test_eval_limit_and_explicit_model(fake_api, tmp_path):
         "--quiet",
     ]
     assert main(argv) == 0
-    assert fake_api["load"] == [("some/dir", "bfloat16", "cpu")]
+    assert fake_api["load"] == [("some/dir", "bfloat16", "auto")]
     assert json.loads((tmp_path / "results.json").read_text())["n"] == 2
 
 

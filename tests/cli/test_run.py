@@ -36,7 +36,7 @@ QUERIES = [
         "generate_kwargs": {"max_new_tokens": 8},
     },
     {"prompt": "Broken.", "images": ["missing.png"]},
-    {"conversations": [{"from": "human", "value": "x"}]},
+    {"conversations": [{"role": "robot", "content": "x"}]},
     {"prompt": "What is the color of the sky?", "generate_kwargs": {"max_new_tokens": 8}},
 ]
 
@@ -76,10 +76,8 @@ def test_run_jsonl_writes_reference_layout(golden_dir, golden_model, golden_proc
     assert results[1]["media_kwargs"]["video_fps"] == 1.0
     engine = Engine(golden_model, golden_processor)
     for index in (0, 1, 4):
-        request = engine.request(QUERIES[index], base_dir=str(query_dir))
-        request.prompt.media_kwargs = results[index]["media_kwargs"]
-        expected = [e.result for e in engine.stream_requests([request]) if e.result][0]
-        assert results[index]["text"] == expected.text
+        request = engine.prepare(QUERIES[index], media_kwargs=results[index]["media_kwargs"], base_dir=query_dir)
+        assert results[index]["text"] == engine.submit(request).result().text
         assert results[index]["event_count"] >= 1
 
 

@@ -43,9 +43,7 @@ def test_chat_plain_streamed_and_batched_agree(golden_model, golden_processor, i
         }
     ]
     assert chat(golden_model, golden_processor, messages, max_new_tokens=8) == text
-    answers = batch_chat(
-        golden_model, golden_processor, [query, "Hello", query], batch_size=2, max_new_tokens=8
-    )
+    answers = batch_chat(golden_model, golden_processor, [query, "Hello", query], max_new_tokens=8)
     assert answers[0] == answers[2] == text
     assert answers[1] == chat(golden_model, golden_processor, "Hello", max_new_tokens=8)
 

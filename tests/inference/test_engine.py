@@ -1,11 +1,10 @@
-"""Engine behaviour on the golden tiny model: batching with per-row settings, streaming, errors, stopping."""
-
-import copy
+"""The engine on the golden tiny model: per-request settings, streaming, errors, stopping, generation defaults."""
 
 import pytest
 
 from mossvl.errors import MediaError, QueryError
-from mossvl.inference.engine import Engine, collect
+from mossvl.inference.core import EngineConfig
+from mossvl.inference.engine import Engine
 
 
 @pytest.fixture
@@ -14,7 +13,7 @@ def engine(golden_model, golden_processor):
 
 
 def mixed_queries(media) -> list[dict]:
-    """Different media, lengths and settings in one batch (greedy, sampled with a seed, a penalty, top-k 1)."""
+    """Different media, lengths and settings (greedy, sampled with a seed, a penalty, top-k 1)."""
     return [
         {
             "prompt": "Describe the image.",
@@ -73,20 +72,21 @@ def test_seeded_sampling_is_reproducible_and_temperature_zero_is_greedy(engine):
 
 
 def test_stream_deltas_concatenate_to_the_result(engine, media):
-    queries = mixed_queries(media)[:3]
-    texts = {i: "" for i in range(len(queries))}
-    results = {}
-    for event in engine.stream(queries):
-        texts[event.index] += event.delta
-        if event.result is not None:
-            assert event.index not in results
-            results[event.index] = event.result
-    assert sorted(results) == [0, 1, 2]
-    assert all(texts[i] == results[i].text for i in results)
-    tokenizer = engine.tokenizer
-    assert all(
-        results[i].text == tokenizer.decode(results[i].token_ids, skip_special_tokens=True) for i in results
-    )
+    for query in mixed_queries(media)[:3]:
+        handle = engine.submit(query)
+        events = list(handle.events())
+        result = events[-1].result
+        assert "".join(event.delta for event in events) == result.text
+        assert [t for event in events for t in event.token_ids] == result.token_ids
+        assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        assert result.prompt_tokens > 0 and result.completion_tokens == len(result.token_ids)
+        assert result.first_token_time >= result.arrival_time and result.finish_time >= result.first_token_time
+
+
+def test_usage_counts_vision_tokens_apart_from_text(engine, media):
+    image = engine.generate([{"prompt": "Describe.", "images": [media["img_a"]], "max_new_tokens": 2}])[0]
+    assert image.vision_tokens == 2 * 3 + 1  # a 64x96 image: 2x3 merged tokens and one separator
+    assert engine.generate([{"prompt": "Hi", "max_new_tokens": 2}])[0].vision_tokens == 0
 
 
 def test_a_bad_query_gets_an_error_result_and_the_others_run(engine, media):
@@ -118,6 +118,10 @@ def test_a_bad_query_gets_an_error_result_and_the_others_run(engine, media):
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"stop": [""]}, "stop"),
         ({"do_sample": "yes"}, "do_sample"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"num_beams": 4}, "num_beams"),
+        ({"num_return_sequences": 2}, "num_return_sequences"),
+        ({"vision_chunked_length": 0}, "vision_chunked_length"),
     ],
 )
 def test_invalid_generate_kwargs_name_the_setting(engine, kwargs, message):
@@ -130,10 +134,10 @@ def test_max_new_tokens_zero_returns_empty(engine):
     assert (result.text, result.token_ids, result.finish_reason) == ("", [], "length")
 
 
-def test_eos_token_ends_the_row_without_text(engine):
+def test_eos_token_ends_the_answer_without_text(golden_model, golden_processor):
+    engine = Engine(golden_model, golden_processor)
     greedy = engine.generate(["Hello"], max_new_tokens=6)[0]
-    engine.eos_token_ids = engine.eos_token_ids | {greedy.token_ids[2]}
-    stopped = engine.generate(["Hello"], max_new_tokens=6)[0]
+    stopped = engine.generate(["Hello"], max_new_tokens=6, stop_token_ids=[greedy.token_ids[2]])[0]
     assert stopped.finish_reason == "stop"
     assert stopped.token_ids == greedy.token_ids[:3]
     assert stopped.text == engine.tokenizer.decode(greedy.token_ids[:2])
@@ -143,49 +147,47 @@ def test_stop_string_cuts_the_answer_and_never_streams_it(engine):
     full = engine.generate(["Hello"], max_new_tokens=20)[0]
     stop = full.text[4:6]
     assert stop and "\ufffd" not in stop
-    streamed = "".join(event.delta for event in engine.stream(["Hello"], max_new_tokens=20, stop=[stop]))
+    streamed = "".join(engine.stream("Hello", max_new_tokens=20, stop=[stop]))
     result = engine.generate(["Hello"], max_new_tokens=20, stop=stop)[0]
     assert result.text == full.text[: full.text.index(stop)] == streamed
     assert result.finish_reason == "stop"
     assert len(result.token_ids) < len(full.token_ids)
 
 
-def test_cancel_between_decode_steps(engine):
-    steps = []
-
-    def cancel() -> bool:
-        steps.append(1)
-        return len(steps) >= 3
-
-    events = list(engine.stream(["Hello", "World"], max_new_tokens=50, cancel=cancel))
-    results = collect(events)
-    assert [r.finish_reason for r in results] == ["cancelled", "cancelled"]
-    assert [len(r.token_ids) for r in results] == [3, 3]
-
-
-def test_rows_finish_independently_and_keep_their_own_limits(engine):
+def test_requests_finish_independently_and_keep_their_own_limits(engine):
     results = engine.generate([{"prompt": "Hi", "max_new_tokens": n} for n in (1, 8, 3)])
     assert [len(r.token_ids) for r in results] == [1, 8, 3]
     alone = engine.generate([{"prompt": "Hi", "max_new_tokens": 8}])[0]
     assert results[1].token_ids == alone.token_ids
 
 
-def test_vision_chunked_length_reaches_the_vision_tower(golden_model, golden_processor, media):
-    model = copy.deepcopy(golden_model)
-    seen = []
-    forward = model.model.visual.forward
+def test_generation_config_gives_the_defaults_and_calls_override_them(golden_model, golden_processor):
+    """The golden checkpoint's generation_config.json sets no length: the official 1024 applies; an engine's
+    kwargs and a call's kwargs come on top in that order."""
+    assert Engine(golden_model, golden_processor).defaults.max_new_tokens == 1024
+    golden_model.generation_config.max_new_tokens = 3
+    try:
+        engine = Engine(golden_model, golden_processor)
+        assert len(engine.generate(["Hi"])[0].token_ids) == 3
+        assert len(engine.generate(["Hi"], max_new_tokens=5)[0].token_ids) == 5
+        assert len(engine.generate([{"prompt": "Hi", "max_new_tokens": 2}], max_new_tokens=5)[0].token_ids) == 2
+        wide = Engine(golden_model, golden_processor, generate_kwargs={"max_new_tokens": 4})
+        assert len(wide.generate(["Hi"])[0].token_ids) == 4
+    finally:
+        golden_model.generation_config.max_new_tokens = None
 
-    def spy(*args, chunk_size=None, **kwargs):
-        seen.append(chunk_size)
-        return forward(*args, chunk_size=chunk_size, **kwargs)
 
-    model.model.visual.forward = spy
-    query = {"prompt": "Compare.", "images": [media["img_a"], media["img_d"]], "max_new_tokens": 4}
-    chunked = Engine(model, golden_processor, vision_chunked_length=1).generate([query])[0]
-    per_query = Engine(model, golden_processor).generate([{**query, "vision_chunked_length": 2}])[0]
-    assert seen == [1, 2]
-    assert (
-        chunked.token_ids
-        == per_query.token_ids
-        == Engine(golden_model, golden_processor).generate([query])[0].token_ids
-    )
+def test_chunked_prefill_gives_the_same_tokens(golden_model, golden_processor, media):
+    """Frames one at a time through the vision tower and the prompt in 3-token chunks: the same answer."""
+    query = {"prompt": "What happens?", "videos": [media["vid_a"]], "max_new_tokens": 8}
+    whole = Engine(golden_model, golden_processor).generate([query])[0]
+    config = EngineConfig(prefill_chunk_frames=1, prefill_chunk_tokens=3, media_cache_bytes=0)
+    chunked = Engine(golden_model, golden_processor, config).generate([query])[0]
+    assert whole.ok and chunked.token_ids == whole.token_ids
+
+
+def test_engine_config_is_checked(golden_model, golden_processor):
+    with pytest.raises(QueryError, match="max_batch_size"):
+        Engine(golden_model, golden_processor, EngineConfig(max_batch_size=0))
+    with pytest.raises(QueryError, match="kv_cache_bytes"):
+        Engine(golden_model, golden_processor, EngineConfig(kv_cache_bytes=-5))

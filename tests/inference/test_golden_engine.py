@@ -99,11 +99,9 @@ def test_offline_image_generate_accepts_pil_and_bf16_rounded_inputs(
     assert text == api["text"]
 
     engine = Engine(golden_model, golden_processor)
-    request = engine.request({"prompt": "Describe the image.", "images": [image]}, {"max_new_tokens": 8})
-    batch = engine.encode(request.prompt)
-    batch.pixel_values = batch.pixel_values.to(torch.bfloat16).to(torch.float32)
-    result = [e.result for e in engine.run([request], batch) if e.result is not None][0]
-    assert result.text == api["text"]
+    request = engine.prepare({"prompt": "Describe the image.", "images": [image]}, {"max_new_tokens": 8})
+    request.media[0].pixels = request.media[0].pixels.to(torch.bfloat16).to(torch.float32)
+    assert engine.submit(request).result().text == api["text"]
 
 
 def test_offline_batch_generate_matches_official_results(

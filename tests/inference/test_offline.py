@@ -127,7 +127,7 @@ def test_persisted_session_continues_and_reset_starts_over(golden_model, golden_
     first, follow_up, restarted = "".join(worker.round()), "".join(worker.round()), "".join(worker.round())
     worker.stop()
     assert restarted == first == answer(golden_model, golden_processor, {"prompt": "Hello", **kwargs})
-    session = Session(golden_model, golden_processor, generate_kwargs=kwargs)
+    session = Session(Engine(golden_model, golden_processor), generate_kwargs=kwargs)
     session.send("Hello")
     assert follow_up == session.send("More").text
     assert follow_up != answer(golden_model, golden_processor, {"prompt": "More", **kwargs})
@@ -159,7 +159,7 @@ def test_batch_generate_session_states_continue_conversations(golden_model, gold
         golden_model, golden_processor, {"messages": history, "max_new_tokens": 5}
     )
     # With one, the follow-up equals the same turn in a Session.
-    session = Session(golden_model, golden_processor, generate_kwargs={"max_new_tokens": 5})
+    session = Session(Engine(golden_model, golden_processor), generate_kwargs={"max_new_tokens": 5})
     session.send(queries[0])
     assert again["results"][0]["text"] == session.send("And then?").text
     reset = golden_model.offline_batch_generate(

@@ -7,12 +7,10 @@ sequence is also checked against the processor's rendering of the whole conversa
 """
 
 import pytest
-import torch
 
-from mossvl.inference.engine import Encoded, Engine, collect
-from mossvl.inference.prompts import build_followup, build_prompt
+from mossvl.inference.engine import Engine
+from mossvl.inference.request import MediaInput, PreparedRequest
 from mossvl.inference.session import Session
-from mossvl.processing.prompt import render_chat
 
 MAX_NEW = 6
 
@@ -27,36 +25,31 @@ def turns(media, first: str) -> list:
     ]
 
 
-def reprefill_reference(engine: Engine, session_turns: list, answers: list[list[int]]):
-    """Greedy tokens of each turn when the whole conversation so far is prefilled at once, and the known token
-    segments of the conversation (everything but the answers)."""
-    ids, pixels, grids, blank = [], [], [], None
-    expected, segments = [], []
-    pending: list[int] = []
-    for index, query in enumerate(session_turns):
-        prompt = build_prompt(query) if index == 0 else build_followup(query)
-        chunk = engine.encode(prompt) if index == 0 else engine.encode_continuation(pending, prompt)
-        chunk_ids = chunk.input_ids[0].tolist()
-        ids += chunk_ids
-        # The answer's last sampled token (when it is not EOS) belongs to the answer, the rest is prompt.
-        segments.append(chunk_ids[max(len(pending) - 1, 0) :])
-        if prompt.images or prompt.videos:
-            pixels.append(chunk.pixel_values)
-            grids.append(chunk.grid_thw)
-        elif index == 0:
-            blank = (chunk.pixel_values, chunk.grid_thw)
-        pixel_values = torch.cat(pixels) if pixels else blank[0]
-        grid_thw = torch.cat(grids) if grids else blank[1]
-        batch = Encoded(
-            torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), pixel_values, grid_thw
-        )
-        batch.media_nums_per_sample = [grid_thw.shape[0]]
-        request = engine.request_for(prompt, {"max_new_tokens": MAX_NEW})
-        expected.append(collect(engine.run([request], batch))[0].token_ids)
-        answer = answers[index]
-        ended = bool(answer) and answer[-1] in engine.eos_token_ids
-        ids += answer[:-1]
-        pending = [engine.im_end_id] if ended else answer[-1:] + [engine.im_end_id]
+def media_inputs(processor, query) -> list[MediaInput]:
+    """The media of a turn as the engine receives them (pixels, not cached features)."""
+    if not isinstance(query, dict):
+        return []
+    images = processor.image_processor.process(query.get("images", []))
+    videos = processor.video_processor.process(query.get("videos", []), num_extract_threads=1)
+    return [MediaInput(p.grid_thw, f"m{i}", pixels=p.pixel_values) for i, p in enumerate(images + videos)]
+
+
+def reprefill_reference(session: Session, session_turns: list, answers: list[list[int]], streams):
+    """Greedy tokens of each turn when everything the session fed before that turn's answer is prefilled at once
+    (with all media so far), and each turn's prompt tokens as the session fed them."""
+    engine = Engine(session.engine.model, session.engine.processor)
+    expected, segments, media, previous = [], [], [], 0
+    for query, answer, stream in zip(session_turns, answers, streams, strict=True):
+        media += media_inputs(engine.processor, query)
+        # The stream holds the turn's prompt, then every answer token but the last.
+        prompt_end = len(stream) - max(len(answer) - 1, 0)
+        ids = stream[:prompt_end]
+        settings = engine.inputs.settings({"max_new_tokens": MAX_NEW})
+        expected.append(engine.submit(PreparedRequest(ids, list(media), settings)).result().token_ids)
+        # The previous answer's last sampled token (when it was not EOS) opens this turn's chunk.
+        opening = 1 if previous and answers[len(segments) - 1][-1] not in engine.eos_token_ids else 0
+        segments.append(ids[previous + opening :])
+        previous = len(stream)
     return expected, segments
 
 
@@ -80,29 +73,29 @@ def assert_segments_in_order(full: list[int], segments: list[list[int]]) -> None
 
 @pytest.mark.parametrize("first", ["image", "text"])
 def test_session_equals_full_reprefill_with_rotated_decode(rotq_model, golden_processor, media, first):
-    session = Session(rotq_model, golden_processor, generate_kwargs={"max_new_tokens": MAX_NEW})
+    session = Session(Engine(rotq_model, golden_processor), generate_kwargs={"max_new_tokens": MAX_NEW})
     session_turns = turns(media, first)
-    answers, cached = [], []
+    answers, cached, streams = [], [], []
     for query in session_turns:
         result = session.send(query)
         assert result.ok, result.error
         answers.append(result.token_ids)
         cached.append(session.cached_tokens)
+        streams.append(list(result.sequence.tokens))
     assert cached == sorted(cached) and cached[0] > 0
-    expected, segments = reprefill_reference(session.engine, session_turns, answers)
+    expected, segments = reprefill_reference(session, session_turns, answers, streams)
     assert answers == expected
     assert [m["role"] for m in session.messages] == ["user", "assistant"] * len(session_turns)
     # The official way: render the whole conversation (answers as text) and tokenize it in one go.
-    official = session.engine.encode(build_prompt({"messages": session.messages}))
-    assert_segments_in_order(official.input_ids[0].tolist(), segments)
-    assert render_chat(session.messages[:-1]) == build_prompt({"messages": session.messages}).text
+    official = session.engine.prepare({"messages": session.messages[:-1]})
+    assert_segments_in_order(official.input_ids, segments)
 
 
 def test_session_default_mode_differs_from_reprefill_only_through_the_quirk(
     golden_model, golden_processor, media
 ):
     """In HF-parity mode a session still answers every turn; its first turn equals a fresh single query."""
-    session = Session(golden_model, golden_processor, generate_kwargs={"max_new_tokens": MAX_NEW})
+    session = Session(Engine(golden_model, golden_processor), generate_kwargs={"max_new_tokens": MAX_NEW})
     first = session.send(turns(media, "image")[0])
     second = session.send("And what else?")
     assert first.ok and second.ok
@@ -113,7 +106,7 @@ def test_session_default_mode_differs_from_reprefill_only_through_the_quirk(
 
 
 def test_failed_turn_keeps_the_conversation_usable(golden_model, golden_processor, media):
-    session = Session(golden_model, golden_processor, generate_kwargs={"max_new_tokens": 4})
+    session = Session(Engine(golden_model, golden_processor), generate_kwargs={"max_new_tokens": 4})
     session.send("Hello")
     before = (list(session.messages), session.cached_tokens)
     bad = session.send({"prompt": "look", "images": [media["img_a"] + ".missing.png"]})
@@ -124,22 +117,21 @@ def test_failed_turn_keeps_the_conversation_usable(golden_model, golden_processo
 
 
 def test_abandoned_stream_falls_back_to_reprefill(rotq_model, golden_processor):
-    session = Session(rotq_model, golden_processor, generate_kwargs={"max_new_tokens": 5})
+    engine = Engine(rotq_model, golden_processor)
+    session = Session(engine, generate_kwargs={"max_new_tokens": 5})
     session.send("Hello")
     stream = session.stream("Tell me more")
     next(stream)
     stream.close()
     assert session.cached_tokens == 0 and len(session.messages) == 2
     # The next turn re-prefills the recorded conversation, like a session started from those messages.
-    restarted = Session(
-        rotq_model, golden_processor, messages=session.messages, generate_kwargs={"max_new_tokens": 5}
-    )
+    restarted = Session(engine, messages=session.messages, generate_kwargs={"max_new_tokens": 5})
     assert session.send("Again").token_ids == restarted.send("Again").token_ids
     assert session.cached_tokens > 0
 
 
 def test_reset_forgets_everything(golden_model, golden_processor):
-    session = Session(golden_model, golden_processor, generate_kwargs={"max_new_tokens": 3})
+    session = Session(Engine(golden_model, golden_processor), generate_kwargs={"max_new_tokens": 3})
     first = session.send("Hello")
     session.send("More")
     session.reset()

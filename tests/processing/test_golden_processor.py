@@ -50,8 +50,8 @@ def test_prepare_from_user_texts_renders_the_golden_prompts(
                 "videos": [next(videos) for _ in range(text.count("<|video|>"))],
             }
         )
-    batch = processor.render_queries(queries, base_dir=str(golden_dir))
-    assert batch.texts == case["rendered_prompts"]
+    conversations = processor.conversations(queries, base_dir=str(golden_dir))
+    assert [processor.render(c.messages) for c in conversations] == case["rendered_prompts"]
     prepared = processor.prepare(queries, base_dir=str(golden_dir))
     expected = golden_expected(golden_case_name)
     for key in EXACT_KEYS:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mossvl.errors import ConfigError, MediaError, QueryError
-from mossvl.processing.image import MossVLImageProcessor, blank_image_patches, load_image_array
+from mossvl.processing.image import MossVLImageProcessor, blank_image, load_image_array
 from mossvl.processing.transforms import patchify, resize_uint8
 
 
@@ -90,9 +90,9 @@ def test_resized_pixels_come_from_the_uint8_bicubic_kernel(rgb):
 
 
 def test_blank_image_is_all_zero_rows():
-    blank = blank_image_patches()
-    assert blank.grid_thw == (1, 8, 8) and blank.pixel_values.shape == (64, 768)
-    assert not blank.pixel_values.any()
+    blank = blank_image()
+    assert blank.grid_thw == (1, 8, 8) and blank.load().shape == (64, 768)
+    assert not blank.load().any()
 
 
 @pytest.mark.parametrize(

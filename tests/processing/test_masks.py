@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mossvl.processing.masks import assistant_char_spans, cross_attention_mask
+from mossvl.processing.masks import cross_attention_mask
 
 PAD = 9
 
@@ -39,9 +39,3 @@ def test_mask_rule(rows):
             for f in range(max(frames)):
                 visible = attn[b, i] == 1 and f < frames[b] and seen > f
                 assert bool(mask[b, 0, i, f]) != visible
-
-
-def test_assistant_char_spans():
-    text = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>assistant\nA2"
-    spans = assistant_char_spans(text)
-    assert [text[a:b] for a, b in spans] == ["A1<|im_end|>", "A2"]

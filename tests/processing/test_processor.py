@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mossvl import constants as C
-from mossvl.errors import ConfigError, QueryError
+from mossvl.errors import CheckpointError, ConfigError, QueryError
 from mossvl.processing.processor import MossVLProcessor, split_media_kwargs
 
 IMG = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
@@ -63,10 +63,21 @@ def test_text_only_sample_gets_the_blank_image(proc):
 
 
 def test_labels_cover_assistant_replies_and_their_im_end(proc, clips):
-    text = (
-        "<|im_start|>system\nS<|im_end|>\n" + chat("<|image|>Q1", "A1") + chat("<|video|>Q2", "A2 is longer")
-    )
-    out = proc([text, chat("hi", "yo")], images=[IMG], videos=[str(clips["cfr"])], return_labels=True)
+    queries = [
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "<|image|>Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "<|video|>Q2"},
+                {"role": "assistant", "content": "A2 is longer"},
+            ],
+            "images": [IMG],
+            "videos": [str(clips["cfr"])],
+        },
+        {"prompt": "hi", "response": "yo"},
+    ]
+    out = proc.prepare(queries, add_generation_prompt=False, return_labels=True)
     labels, ids = out["labels"], out["input_ids"]
     tok = proc.tokenizer
     assert tok.decode(ids[0][labels[0] != C.IGNORE_INDEX]) == "A1<|im_end|>A2 is longer<|im_end|>"
@@ -77,11 +88,19 @@ def test_labels_cover_assistant_replies_and_their_im_end(proc, clips):
 
 
 def test_labels_never_cover_vision_tokens_inside_an_assistant_turn(proc):
-    text = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nSee <|image|> ok<|im_end|>\n"
-    out = proc(text, images=[IMG], return_labels=True)
+    query = {
+        "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "See <|image|> ok"}],
+        "images": [IMG],
+    }
+    out = proc.prepare(query, add_generation_prompt=False, return_labels=True)
     supervised = out["input_ids"][0][out["labels"][0] != C.IGNORE_INDEX]
     assert proc.image_token_id not in supervised.tolist()
     assert proc.tokenizer.decode(supervised) == "See  ok<|im_end|>"
+
+
+def test_labels_need_the_assistant_spans(proc):
+    with pytest.raises(QueryError, match="assistant spans"):
+        proc(chat("Q", "A"), return_labels=True)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +175,7 @@ def test_prepare_accepts_message_lists_and_checks_media_kwargs(proc, golden_dir)
                 {"prompt": "b", "media_kwargs": {"video_fps": 2}},
             ]
         )
-    with pytest.raises(QueryError, match=r"query #0: 2 image\(s\) given but only 1"):
+    with pytest.raises(QueryError, match=r"query #0: field 'images' has 2 entries but the text has 1"):
         proc.prepare({"prompt": "<|image|>", "images": ["x.png", "y.png"]})
 
 
@@ -202,7 +221,7 @@ def test_load_overrides_and_errors(golden_dir, tmp_path):
     )
     with pytest.raises(ConfigError, match="unknown processor settings"):
         MossVLProcessor.from_pretrained(golden_dir, colour=True)
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         MossVLProcessor.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="needs a tokenizer"):
         MossVLProcessor()

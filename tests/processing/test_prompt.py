@@ -1,18 +1,29 @@
-"""Query normalisation (messages / prompt / conversations), segment expansion, path resolution, ChatML rendering."""
+"""Query normalisation (messages / prompt / conversations), segment expansion, path resolution, and rendering with
+the chat template (the package default, which is the official ChatML one)."""
 
 import pytest
 from transformers import AutoTokenizer
 
 from mossvl import constants as C
 from mossvl.errors import QueryError
-from mossvl.processing.prompt import CHAT_TEMPLATE, normalize_query, render_chat, video_prompt
+from mossvl.processing.conversation import conversation_from_query
+from mossvl.processing.prompt import assistant_spans, default_chat_template, render_chat, video_prompt
+
+
+def normalize_query(query, base_dir=None, trim_trailing_assistant=True):
+    return conversation_from_query(query, base_dir, trim_trailing_assistant=trim_trailing_assistant)
+
+
+def render(messages, add_generation_prompt=True):
+    return render_chat(default_chat_template(), messages, add_generation_prompt)
+
 
 SEG = {"video_path": "clip.mp4", "segments": [[0, 2], [5, 6]]}
 
 
 def test_prompt_style_puts_images_then_videos_then_text():
     conv = normalize_query({"prompt": "Compare.", "images": ["a.png", "b.png"], "videos": ["v.mp4"]}, "/data")
-    assert render_chat(conv.messages) == (
+    assert render(conv.messages) == (
         "<|im_start|>user\n<|image|><|image|><|video|>Compare.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert conv.media == [("image", "/data/a.png"), ("image", "/data/b.png"), ("video", "/data/v.mp4")]
@@ -22,14 +33,14 @@ def test_prompt_style_matches_the_offline_api_input_text(golden_json):
     offline = golden_json["offline_api"]["offline_batch_generate"]
     for call, result in zip(offline["call"], offline["results"], strict=True):
         conv = normalize_query({k: call[k] for k in ("prompt", "images", "videos")})
-        assert render_chat(conv.messages) == result["input_text"]
+        assert render(conv.messages) == result["input_text"]
 
 
 def test_prompt_with_inline_placeholders_keeps_them_in_place():
     conv = normalize_query(
         {"prompt": "Look <|image|> then <|video|>!", "images": ["a.png"], "videos": ["v.mp4"]}
     )
-    assert render_chat(conv.messages, add_generation_prompt=False) == (
+    assert render(conv.messages, add_generation_prompt=False) == (
         "<|im_start|>user\nLook <|image|> then <|video|>!<|im_end|>\n"
     )
 
@@ -50,7 +61,7 @@ def test_typed_messages_with_image_url_and_segments():
         ]
     }
     conv = normalize_query(query, base_dir="/base")
-    assert render_chat(conv.messages) == (
+    assert render(conv.messages) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\n<|image|>and<|video|><|video|><|image|><|im_end|>\n<|im_start|>assistant\n"
     )
@@ -77,24 +88,24 @@ def test_string_content_placeholders_take_top_level_media_in_order():
     assert conv.media == [("image", "d/1.png"), ("image", "/abs/2.png"), ("video", "d/v.mp4")]
     assert [m["role"] for m in conv.messages] == ["user", "assistant", "user"]  # trailing assistant trimmed
     kept = normalize_query(query, trim_trailing_assistant=False)
-    assert render_chat(kept.messages, add_generation_prompt=False).endswith(
+    assert render(kept.messages, add_generation_prompt=False).endswith(
         "<|im_start|>assistant\nDogs.<|im_end|>\n"
     )
 
 
 def test_one_placeholder_per_raw_video_repeats_per_segment():
     conv = normalize_query({"messages": [{"role": "user", "content": "<|video|>Hi"}], "videos": [SEG]})
-    assert render_chat(conv.messages, False) == "<|im_start|>user\n<|video|><|video|>Hi<|im_end|>\n"
+    assert render(conv.messages, False) == "<|im_start|>user\n<|video|><|video|>Hi<|im_end|>\n"
     one_each = normalize_query(
         {"messages": [{"role": "user", "content": "A<|video|>B<|video|>"}], "videos": [SEG]}
     )
-    assert render_chat(one_each.messages, False) == "<|im_start|>user\nA<|video|>B<|video|><|im_end|>\n"
+    assert render(one_each.messages, False) == "<|im_start|>user\nA<|video|>B<|video|><|im_end|>\n"
     assert len(one_each.videos) == 2
 
 
 def test_prompt_style_segmented_video_gets_one_unit_per_segment():
     conv = normalize_query({"prompt": "Q", "videos": [SEG, "w.mp4"]})
-    assert render_chat(conv.messages, False) == "<|im_start|>user\n<|video|><|video|><|video|>Q<|im_end|>\n"
+    assert render(conv.messages, False) == "<|im_start|>user\n<|video|><|video|><|video|>Q<|im_end|>\n"
 
 
 def test_system_prompt_options():
@@ -110,8 +121,7 @@ def test_system_prompt_options():
 def test_prompt_response_pairs_for_training():
     conv = normalize_query({"prompt": "Q", "response": "A"}, trim_trailing_assistant=False)
     assert (
-        render_chat(conv.messages, False)
-        == "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+        render(conv.messages, False) == "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
     )
 
 
@@ -120,12 +130,18 @@ def test_prompt_response_pairs_for_training():
     [
         (
             {"messages": [{"role": "user", "content": "<|image|><|image|>"}], "images": ["a.png"]},
-            "more <|image|>",
+            "has 1 entries but the text has 2",
         ),
-        ({"messages": [{"role": "user", "content": "<|image|>"}], "images": ["a", "b"]}, "only 1 <|image|>"),
-        ({"messages": [{"role": "user", "content": "hi"}], "images": ["a.png"]}, "only 0 <|image|>"),
-        ({"messages": [{"role": "user", "content": "<|image|>"}]}, "no top-level images"),
-        ({"messages": [{"role": "user", "content": "x"}], "videos": ["a", "b"]}, "0 <|video|> placeholder"),
+        (
+            {"messages": [{"role": "user", "content": "<|image|>"}], "images": ["a", "b"]},
+            "has 2 entries but the text has 1",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "images": ["a.png"]},
+            "has 1 entries but the text has 0",
+        ),
+        ({"messages": [{"role": "user", "content": "<|image|>"}]}, "has 0 entries but the text has 1"),
+        ({"messages": [{"role": "user", "content": "x"}], "videos": ["a", "b"]}, "0 <|video|> placeholders"),
         (
             {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}]},
             "unknown content type 'audio'",
@@ -145,7 +161,10 @@ def test_prompt_response_pairs_for_training():
         ({"prompt": "x", "videos": [{"segments": [[0, 1]]}]}, "video_path"),
         ({"prompt": "x", "videos": [{"video_path": "v.mp4", "segments": [[-2, 1]]}]}, "negative"),
         ({"prompt": "x", "videos": [{"video_path": "v.mp4", "segments": [[4, 1]]}]}, "ends before it starts"),
-        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "no 'image' field"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
+            "no 'image', 'url' or 'path' field",
+        ),
     ],
 )
 def test_bad_queries_raise(query, message):
@@ -153,8 +172,9 @@ def test_bad_queries_raise(query, message):
         normalize_query(query)
 
 
-def test_render_chat_equals_the_jinja_template(golden_dir):
+def test_the_default_template_is_the_checkpoints_and_renders_through_the_tokenizer(golden_dir):
     tokenizer = AutoTokenizer.from_pretrained(golden_dir / "tokenizer")
+    assert (golden_dir / "tokenizer" / "chat_template.jinja").read_text() == default_chat_template()
     messages = normalize_query(
         {
             "messages": [
@@ -166,14 +186,32 @@ def test_render_chat_equals_the_jinja_template(golden_dir):
         trim_trailing_assistant=False,
     ).messages
     for add in (True, False):
-        want = render_chat(messages, add)
-        assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add) == want
-        assert (
-            tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add, chat_template=CHAT_TEMPLATE
-            )
-            == want
+        assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add) == render(
+            messages, add
         )
+
+
+def test_assistant_spans_cover_each_answer_and_its_end_of_turn():
+    messages = normalize_query(
+        {
+            "messages": [
+                {"role": "user", "content": "Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A2 longer"},
+            ]
+        },
+        trim_trailing_assistant=False,
+    ).messages
+    text = render(messages, add_generation_prompt=False)
+    spans = assistant_spans(default_chat_template(), messages)
+    assert [text[a:b] for a, b in spans] == ["A1<|im_end|>", "A2 longer<|im_end|>"]
+
+
+def test_a_custom_template_changes_the_rendering():
+    template = "{% for m in messages %}[{{ m['role'] }}] {% for i in m['content'] %}{{ i['text'] if i['type'] == 'text' else '<|' + i['type'] + '|>' }}{% endfor %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    messages = normalize_query({"prompt": "Hi", "images": ["a.png"]}).messages
+    assert render_chat(template, messages) == "[user] <|image|>Hi\n[assistant] "
 
 
 def test_video_prompt_layout():

@@ -14,7 +14,6 @@ from mossvl.processing.transforms import patchify, resize_uint8, smart_resize_vi
 from mossvl.processing.video import (
     MossVLVideoProcessor,
     decode_frames,
-    expand_segments,
     parse_segments,
     probe_video,
     sample_frame_indices,
@@ -131,13 +130,12 @@ def test_segment_after_the_end_raises(clips):
         MossVLVideoProcessor().process([{"video_path": str(clips["cfr"]), "segments": [[10.0, 12.0]]}])
 
 
-def test_expand_segments_makes_one_unit_per_segment():
-    units = expand_segments(["a.mp4", {"video_path": "b.mp4", "segments": [[0, 1], [5]]}])
-    assert units == [
-        "a.mp4",
-        {"video_path": "b.mp4", "segments": [[0, 1]]},
-        {"video_path": "b.mp4", "segments": [[5]]},
-    ]
+def test_a_segmented_video_is_one_unit_per_segment(clips):
+    path = str(clips["cfr"])
+    items = MossVLVideoProcessor().plan([path, {"video_path": path, "segments": [[0, 1], [3]]}])
+    assert [item.kind for item in items] == ["video"] * 3
+    assert items[1].timestamps == [0.0] and items[2].timestamps == [3.0]
+    assert len({item.key for item in items}) == 3
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mossvl.training.records import index_records, normalize_record, read_record
+from mossvl.processing.conversation import conversation_from_record
+from mossvl.training.records import index_records, read_record
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "finetune"
 
@@ -42,5 +43,5 @@ def test_example_data_normalise(golden_dir, name, count):
     spans = index_records(path)
     assert len(spans) == count
     for index, span in enumerate(spans):
-        conversation = normalize_record(read_record(path, span, index), index, golden_dir / "media")
+        conversation = conversation_from_record(read_record(path, span, index), index, golden_dir / "media")
         assert conversation.messages[-1]["role"] == "assistant"

@@ -1,4 +1,5 @@
-"""Record layer of fine-tuning: lazy JSON/JSONL indexing, both record formats, placeholders, paths and errors."""
+"""Record layer of fine-tuning: lazy JSON/JSONL indexing, both record formats (normalised by the conversation module
+shared with inference), placeholders, paths and errors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import json
 import pytest
 
 from mossvl.errors import QueryError
-from mossvl.training.records import index_records, normalize_record, read_record
+from mossvl.processing.prompt import default_chat_template, render_chat
+from mossvl.processing.conversation import conversation_from_record as normalize_record
+from mossvl.training.records import index_records, read_record
 
 IMAGE = "img_a_64x96.png"
 VIDEO = "vid_b_30f_6fps_40x90.mp4"
+
+
+def render(conversation) -> str:
+    return render_chat(default_chat_template(), conversation.messages, add_generation_prompt=False)
 
 
 @pytest.fixture
@@ -76,11 +83,11 @@ def test_prompt_format_prepends_placeholders(media_dir):
         "videos": [VIDEO, {"video_path": VIDEO, "segments": [[0, 1], [2, 3.5]]}],
     }
     conv = normalize_record(record, 0, media_dir)
-    assert conv.messages == [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "<|image|>\n<|image|>\n<|video|>\n<|video|>\n<|video|>\nDescribe."},
-        {"role": "assistant", "content": "Done."},
-    ]
+    assert render(conv) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n<|image|>\n<|image|>\n<|video|>\n<|video|>\n<|video|>\nDescribe.<|im_end|>\n"
+        "<|im_start|>assistant\nDone.<|im_end|>\n"
+    )
     path = str(media_dir / VIDEO)
     assert conv.images == [str(media_dir / IMAGE)] * 2
     assert conv.videos == [
@@ -92,7 +99,7 @@ def test_prompt_format_prepends_placeholders(media_dir):
 
 def test_prompt_with_explicit_placeholders_is_kept(media_dir):
     record = {"prompt": "Look <|image|> here.", "response": "Ok.", "images": [IMAGE]}
-    assert normalize_record(record, 0, media_dir).messages[0]["content"] == "Look <|image|> here."
+    assert render(normalize_record(record, 0, media_dir)).startswith("<|im_start|>user\nLook <|image|> here.")
 
 
 def test_conversations_format_and_sharegpt_aliases(media_dir):
@@ -108,7 +115,7 @@ def test_conversations_format_and_sharegpt_aliases(media_dir):
     }
     conv = normalize_record(record, 3, media_dir)
     assert [m["role"] for m in conv.messages] == ["user", "assistant", "user", "assistant"]
-    assert conv.messages[2]["content"] == "More <|video|>"
+    assert render(conv).count("More <|video|>") == 1
     assert conv.videos == [str(media_dir / VIDEO)]
 
 
@@ -121,7 +128,7 @@ def test_one_placeholder_per_segmented_video_is_expanded(media_dir):
         "videos": [{"video_path": VIDEO, "segments": [[0, 1], [1, 2], [2, 3]]}, VIDEO],
     }
     conv = normalize_record(record, 0, media_dir)
-    assert conv.messages[0]["content"] == "A <|video|><|video|><|video|> B <|video|>"
+    assert render(conv).startswith("<|im_start|>user\nA <|video|><|video|><|video|> B <|video|>")
     assert len(conv.videos) == 4
 
 
@@ -139,7 +146,7 @@ def test_relative_paths_resolve_against_base_dir(media_dir, tmp_path):
     [
         ({"prompt": "p"}, r"record 5: field 'response' is missing"),
         ({"prompt": "", "response": "r"}, r"record 5: field 'prompt' must be a non-empty string"),
-        ({"response": "r"}, r"record 5: needs 'prompt' \+ 'response' or 'conversations'"),
+        ({"response": "r"}, r"record 5: a query needs 'messages', 'conversations' or 'prompt'"),
         ({"prompt": "p", "response": "r", "messages": []}, r"record 5: has both 'prompt' and 'messages'"),
         ({"prompt": "p", "response": "r", "images": "x"}, r"record 5: field 'images\[0\]': file not found"),
         ({"prompt": "p", "response": "r", "images": 3}, r"record 5: field 'images' must be a list"),
@@ -155,11 +162,11 @@ def test_relative_paths_resolve_against_base_dir(media_dir, tmp_path):
         ),
         (
             {"messages": [{"role": "user", "content": "x"}]},
-            r"record 5: field 'messages' has no assistant turn",
+            r"record 5: the record has no assistant turn",
         ),
         (
             {"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "s"}]},
-            r"record 5: field 'messages\[1\]': a system turn may only come first",
+            r"record 5: a system turn may only come first",
         ),
         (
             {"prompt": "p", "response": "r", "videos": [{"path": VIDEO}]},

@@ -81,13 +81,12 @@ def build_query(items: list[str], system_prompt: str | None = None, media_kwargs
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.engine import Engine
+    from ..inference.engine import engine_for
 
     query = build_query(args.items, args.system_prompt, common.media_kwargs_from_args(args))
     model, processor = common.load_from_args(args)
-    engine = Engine(model, processor, args.vision_chunked_length)
-    request = engine.request(query, common.generate_kwargs_from_args(args))
-    for event in engine.stream_requests([request]):
+    handle = engine_for(model, processor).submit(query, common.generate_kwargs_from_args(args))
+    for event in handle.events():
         if event.delta and not args.no_stream:
             sys.stdout.write(event.delta)
             sys.stdout.flush()

@@ -1,13 +1,14 @@
-"""Flags shared by the inference subcommands (checkpoint, device, generation, media) and their conversion to kwargs."""
+"""Flags shared by the inference subcommands (checkpoint, device, engine, generation, media) and their kwargs.
+
+Generation flags that are not given leave the checkpoint's ``generation_config.json`` (then the official
+defaults) in charge; a query's own ``generate_kwargs`` win over both.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..constants import GENERATE_DEFAULTS, VISION_CHUNKED_LENGTH
-
-# The CLI answers are short by default, like the reference run_inference.py (256); queries may ask for more.
-CLI_MAX_NEW_TOKENS = 256
+from ..constants import GENERATE_DEFAULTS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,10 +18,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         dest="checkpoint",
         default=None,
-        help="model folder (config.json, safetensors, processor files); default: the shipped demo model",
+        help="model folder or hub id (config.json, safetensors, processor files); default: the shipped demo model",
     )
-    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    group.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16", "auto"],
+        help="weight dtype (default: float32 on the CPU, the checkpoint's dtype on a GPU; auto: the checkpoint's)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if available), cpu, cuda, cuda:1"
+    )
     group.add_argument(
         "--attn-implementation",
         default=None,
@@ -28,25 +36,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="attention kernel (default: sdpa; flash_attention_2 needs flash-attn on a GPU)",
     )
     group.add_argument(
-        "--vision-chunked-length",
-        type=int,
-        default=VISION_CHUNKED_LENGTH,
-        help="media items per vision-tower forward (memory knob)",
+        "--cross-attention-implementation",
+        default=None,
+        choices=["sdpa", "eager"],
+        help="kernel of the cross-attention layers only (default: sdpa, or eager when --attn-implementation is eager)",
     )
 
 
-def add_generation_arguments(
-    parser: argparse.ArgumentParser, max_new_tokens: int = CLI_MAX_NEW_TOKENS
-) -> None:
-    group = parser.add_argument_group("generation (defaults; a query's own generate_kwargs win)")
-    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "generation (defaults: the checkpoint's generation_config.json; a query's own generate_kwargs win)"
+    )
     group.add_argument(
-        "--temperature", type=float, default=GENERATE_DEFAULTS["temperature"], help="<= 0 means greedy"
+        "--max-new-tokens", type=int, default=None, help=f"default {GENERATE_DEFAULTS['max_new_tokens']}"
     )
-    group.add_argument("--top-k", type=int, default=GENERATE_DEFAULTS["top_k"])
-    group.add_argument("--top-p", type=float, default=GENERATE_DEFAULTS["top_p"])
-    group.add_argument("--repetition-penalty", type=float, default=GENERATE_DEFAULTS["repetition_penalty"])
-    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=None, help="<= 0 means greedy")
+    group.add_argument("--top-k", type=int, default=None)
+    group.add_argument("--top-p", type=float, default=None)
+    group.add_argument("--repetition-penalty", type=float, default=None)
+    group.add_argument(
+        "--do-sample", action="store_true", default=None, help="sample instead of greedy decoding"
+    )
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     group.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
@@ -59,19 +69,18 @@ def add_media_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate_kwargs_from_args(args: argparse.Namespace) -> dict:
-    kwargs = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty,
-        "do_sample": args.do_sample,
-    }
-    if args.seed is not None:
-        kwargs["seed"] = args.seed
-    if args.stop:
-        kwargs["stop"] = list(args.stop)
-    return kwargs
+    """The generation flags that were given."""
+    names = (
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "do_sample",
+        "seed",
+        "stop",
+    )
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def media_kwargs_from_args(args: argparse.Namespace) -> dict:
@@ -80,9 +89,16 @@ def media_kwargs_from_args(args: argparse.Namespace) -> dict:
 
 
 def load_from_args(args: argparse.Namespace):
-    """(model, processor) for the --checkpoint/--dtype/--device/--attn-implementation flags."""
+    """(model, processor) for the model flags."""
     from ..inference.api import load
 
+    kwargs = {}
+    if args.cross_attention_implementation is not None:
+        kwargs["cross_attention_implementation"] = args.cross_attention_implementation
     return load(
-        args.checkpoint, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation
+        args.checkpoint,
+        dtype=args.dtype,
+        device=args.device,
+        attn_implementation=args.attn_implementation,
+        **kwargs,
     )

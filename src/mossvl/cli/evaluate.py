@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         questions = questions[: args.limit]
     model, processor = mossvl.load(
-        args.checkpoint, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation
+        args.checkpoint,
+        dtype=args.dtype,
+        device=args.device,
+        attn_implementation=args.attn_implementation,
+        cross_attention_implementation=args.cross_attention_implementation,
     )
 
     def answer(batch: list) -> list[str]:

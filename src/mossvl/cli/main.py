@@ -18,6 +18,7 @@ SUBCOMMANDS = {
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(prog="mossvl", description="MOSS-VL video and image understanding.")
+    parser.add_argument("--version", action="version", version=f"mossvl {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -31,6 +32,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         module.add_arguments(sub)
         modules[name] = module
     return parser, modules
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mossvl")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

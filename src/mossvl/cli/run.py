@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODES,
         help="legacy alias kept for compatibility; all modes are the same",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="queries decoded together (default 1)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="queries in flight (decoded together) at once (default 8)"
+    )
     parser.add_argument(
         "--timeout-seconds",
         type=float,
@@ -47,28 +49,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare(engine, query: dict, base_dir: Path, args: argparse.Namespace):
-    """A Request for one query: CLI defaults < query's kwargs; image / video defaults by media present."""
-    from ..inference.prompts import build_prompt
-
-    prompt = build_prompt(query, common.media_kwargs_from_args(args), str(base_dir))
-    defaults = {
-        **(IMAGE_MEDIA_DEFAULTS if prompt.images else {}),
-        **(VIDEO_MEDIA_DEFAULTS if prompt.videos else {}),
+    """A request for one query and the media settings it uses: official media defaults (image / video ones by
+    media present) < CLI flags < the query's own; CLI generation flags < the query's own."""
+    conversation = engine.inputs.conversation(query, base_dir)
+    media = {
+        **(IMAGE_MEDIA_DEFAULTS if conversation.images else {}),
+        **(VIDEO_MEDIA_DEFAULTS if conversation.videos else {}),
+        **common.media_kwargs_from_args(args),
     }
-    prompt.media_kwargs = {**defaults, **prompt.media_kwargs}
-    return engine.request_for(prompt, common.generate_kwargs_from_args(args))
+    request = engine.prepare(conversation, common.generate_kwargs_from_args(args), media)
+    return request, conversation, {**media, **conversation.media_kwargs}
 
 
-def _result_record(index: int, query: dict, request, result, elapsed: float, events: int) -> dict:
+def _result_record(index: int, query: dict, prepared, result, elapsed: float, events: int) -> dict:
+    request, conversation, media = prepared or (None, None, None)
     settings = request.settings if request is not None else None
-    prompt = request.prompt if request is not None else None
     return {
         "index": index,
         "prompt": query.get("prompt"),
-        "messages": prompt.messages if prompt else query.get("messages"),
-        "images": prompt.images if prompt else query.get("images", []),
-        "videos": prompt.videos if prompt else query.get("videos", []),
-        "media_kwargs": prompt.media_kwargs if prompt else query.get("media_kwargs", {}),
+        "messages": conversation.messages if conversation else query.get("messages"),
+        "images": conversation.images if conversation else query.get("images", []),
+        "videos": conversation.videos if conversation else query.get("videos", []),
+        "media_kwargs": media if media is not None else query.get("media_kwargs", {}),
         "generate_kwargs": _settings_dict(settings) if settings else query.get("generate_kwargs", {}),
         "text": result.text,
         "finish_reason": result.finish_reason,
@@ -97,8 +99,10 @@ def _settings_dict(settings) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..inference.engine import Engine, Result, _error_result
+    from ..inference.core import EngineConfig
+    from ..inference.engine import Engine
     from ..inference.queries import load_query_file
+    from ..inference.request import error_result
 
     input_path = Path(args.input)
     queries = load_query_file(input_path)
@@ -108,36 +112,40 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output) if args.output else input_path.with_name(f"{input_path.stem}_results.json")
     )
     model, processor = common.load_from_args(args)
-    engine = Engine(model, processor, args.vision_chunked_length)
+    engine = Engine(model, processor, EngineConfig(max_batch_size=args.batch_size))
 
     started = time.monotonic()
     records: list[dict | None] = [None] * len(queries)
     progress = tqdm(total=len(queries), desc="mossvl run", unit="query", disable=args.quiet, file=sys.stderr)
-    for start in range(0, len(queries), args.batch_size):
-        indices = list(range(start, min(start + args.batch_size, len(queries))))
-        batch_start = time.monotonic()
-        requests, events = {}, dict.fromkeys(indices, 0)
-        for index in indices:
+    # At most --batch-size queries are prepared (media decoded) and in flight at once; the rest wait their turn.
+    upcoming = iter(range(len(queries)))
+    flight: dict[int, tuple] = {}
+    while True:
+        while len(flight) < args.batch_size and (index := next(upcoming, None)) is not None:
             try:
-                requests[index] = _prepare(engine, queries[index], input_path.parent, args)
-                requests[index].cancel = _deadline(batch_start, args.timeout_seconds)
+                prepared = _prepare(engine, queries[index], input_path.parent, args)
             except MossVLError as exc:
-                records[index] = _result_record(index, queries[index], None, _error_result(exc), 0.0, 0)
+                records[index] = _result_record(index, queries[index], None, error_result(exc), 0.0, 0)
                 progress.update(1)
-        order = [i for i in indices if i in requests]
-        for event in engine.stream_requests([requests[i] for i in order]):
-            index = order[event.index]
-            events[index] += bool(event.delta)
-            if event.result is None:
                 continue
-            result: Result = event.result
+            flight[index] = (prepared, engine.submit(prepared[0]), time.monotonic(), [0])
+        if not flight:
+            break
+        for index, (prepared, handle, submitted, events) in list(flight.items()):
+            while (event := handle.poll(0.0)) is not None:
+                events[0] += bool(event.delta)
+            if not handle.done:
+                if time.monotonic() - submitted > args.timeout_seconds:
+                    handle.cancel()
+                continue
+            result = handle.result()
             if result.finish_reason == "cancelled" and result.error is None:
                 result.error = f"timed out after {args.timeout_seconds:g} s"
-            elapsed = time.monotonic() - batch_start
-            records[index] = _result_record(
-                index, queries[index], requests[index], result, elapsed, events[index]
-            )
+            elapsed = time.monotonic() - submitted
+            records[index] = _result_record(index, queries[index], prepared, result, elapsed, events[0])
+            del flight[index]
             progress.update(1)
+        time.sleep(0.01)
     progress.close()
 
     failed = sum(1 for record in records if record["error"] is not None)
@@ -156,7 +164,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if failed else 0
-
-
-def _deadline(start: float, seconds: float):
-    return lambda: time.monotonic() - start > seconds

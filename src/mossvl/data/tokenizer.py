@@ -17,19 +17,10 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from ..constants import DEFAULT_SYSTEM_PROMPTS, ENDOFTEXT, IM_END, SPECIAL_TOKENS
+from ..processing.prompt import default_chat_template
 from .synthetic import SPLITS, TASKS, format_seconds, make_sample
 
 QWEN2_SPLIT_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for item in message['content'] %}"
-    "{%- if item['type'] == 'text' %}{{- item['text'] }}"
-    "{%- elif item['type'] == 'image' %}{{- '<|image|>' }}"
-    "{%- elif item['type'] == 'video' %}{{- '<|video|>' }}"
-    "{%- endif %}{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 MODEL_MAX_LENGTH = 262144
 
 # General English so that prompts outside the synthetic tasks still tokenize into sensible pieces.
@@ -166,7 +157,7 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
         (out_dir / name).write_text(
             json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    (out_dir / "chat_template.jinja").write_text(default_chat_template(), encoding="utf-8")
     return out_dir
 
 

@@ -1,1 +1,5 @@
-"""Inference: one engine behind the Python API, the official offline methods and the CLI."""
+"""Inference: the continuous-batching engine and its front ends (Python API, sessions, official offline methods)."""
+
+from .model_methods import attach_official_methods
+
+attach_official_methods()

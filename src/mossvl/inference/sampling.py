@@ -7,6 +7,7 @@ its own list of transformers' logits processors; rows that are plain greedy are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -22,13 +23,27 @@ from transformers.generation.logits_process import (
 from ..constants import GENERATE_DEFAULTS
 from ..errors import QueryError
 
-# Generate kwargs that HF users pass out of habit and that do not change greedy/sampled decoding here.
-_IGNORED_KEYS = {"use_cache", "num_beams", "num_return_sequences", "return_dict_in_generate", "output_scores"}
+# Generate kwargs of HF users that do not change greedy/sampled decoding here (accepted and ignored).
+_IGNORED_KEYS = {"use_cache", "return_dict_in_generate", "output_scores", "output_logits", "pad_token_id"}
+# Generate kwargs that would change the result but only have their default value here.
+_ONLY_DEFAULT = {"num_beams": 1, "num_return_sequences": 1}
+# generation_config.json fields the engine reads; the rest configure HF generate() only.
+_FROM_GENERATION_CONFIG = (
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How one query is decoded. ``temperature <= 0`` or ``do_sample=False`` means greedy decoding."""
+    """How one request is decoded. ``temperature <= 0`` or ``do_sample=False`` means greedy decoding.
+
+    ``stop`` strings cut the text (the cut text is never streamed); ``stop_token_ids`` end the answer like EOS.
+    """
 
     max_new_tokens: int = GENERATE_DEFAULTS["max_new_tokens"]
     do_sample: bool = GENERATE_DEFAULTS["do_sample"]
@@ -37,11 +52,21 @@ class GenerationSettings:
     top_p: float = GENERATE_DEFAULTS["top_p"]
     repetition_penalty: float = GENERATE_DEFAULTS["repetition_penalty"]
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
 
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature <= 0
+
+    @classmethod
+    def from_generation_config(cls, generation_config) -> GenerationSettings:
+        """Defaults of a checkpoint: the official generate defaults overridden by what its generation_config.json
+        sets explicitly (HF's own defaults, e.g. ``max_length`` 20, are not taken)."""
+        if generation_config is None:
+            return cls()
+        explicit = generation_config.to_diff_dict()
+        return cls.from_kwargs({key: explicit[key] for key in _FROM_GENERATION_CONFIG if key in explicit})
 
     @classmethod
     def from_kwargs(
@@ -52,6 +77,12 @@ class GenerationSettings:
         kwargs = dict(kwargs or {})
         if "stop_strings" in kwargs:
             kwargs.setdefault("stop", kwargs.pop("stop_strings"))
+        for key, default in _ONLY_DEFAULT.items():
+            if key in kwargs and kwargs.pop(key) not in (None, default):
+                raise QueryError(
+                    f"generate kwarg {key} is not supported (only {key}={default}): the engine decodes one greedy "
+                    "or sampled sequence per query; send the query several times with different seeds instead"
+                )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known - _IGNORED_KEYS)
         if unknown:
@@ -62,6 +93,8 @@ class GenerationSettings:
         if "stop" in values:
             stop = values["stop"]
             values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        if "stop_token_ids" in values:
+            values["stop_token_ids"] = tuple(values["stop_token_ids"])
         settings = replace(base, **values)
         settings.check()
         return settings
@@ -71,12 +104,18 @@ class GenerationSettings:
         checks = [
             (
                 "max_new_tokens",
-                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+                isinstance(self.max_new_tokens, int)
+                and not isinstance(self.max_new_tokens, bool)
+                and self.max_new_tokens >= 0,
                 "an int >= 0",
             ),
             ("do_sample", isinstance(self.do_sample, bool), "a bool"),
-            ("temperature", _is_number(self.temperature), "a number (<= 0 means greedy)"),
-            ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an int >= 0 (0 disables it)"),
+            ("temperature", _is_number(self.temperature), "a finite number (<= 0 means greedy)"),
+            (
+                "top_k",
+                isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+                "an int >= 0 (0 disables it)",
+            ),
             ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
             (
                 "repetition_penalty",
@@ -88,7 +127,16 @@ class GenerationSettings:
                 all(isinstance(s, str) and s for s in self.stop),
                 "a non-empty string or a list of them",
             ),
-            ("seed", self.seed is None or isinstance(self.seed, int), "an int or None"),
+            (
+                "stop_token_ids",
+                all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids),
+                "a list of token ids",
+            ),
+            (
+                "seed",
+                self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+                "an int or None",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -98,7 +146,7 @@ class GenerationSettings:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class RowSampler:

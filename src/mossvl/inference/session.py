@@ -1,132 +1,151 @@
-"""Multi-turn conversations that keep their KV cache: a follow-up prefills only its own new tokens.
+"""Multi-turn conversations that keep their KV in the engine: a follow-up prefills only its own new tokens.
 
-A Session holds the conversation's messages and its cache: the text K/V of every token so far and, in the
-cross-attention slots, the vision K/V of every image and frame seen so far. A follow-up turn renders only what
-ChatML adds after the previous answer (``<|im_end|>``, ``\\n``, the new messages, ``<|im_start|>assistant\\n``),
-encodes only the media of the new turn, and runs one continuation forward on the cache: positions continue from
-the cache's next XRoPE position and the new frames' K/V are appended to the vision memory.
+A turn after the first renders, with the checkpoint's chat template, only what the template adds after the
+previous answer (the answer's end-of-turn text, the new messages, the generation prompt), encodes only the new
+turn's media, and continues the kept sequence: positions continue from its next XRoPE position and new frames'
+K/V are appended to its vision memory. The sequence holds the answer tokens as generated (the official API
+re-tokenises earlier answers from their text each turn instead).
 
-Equivalence with re-prefilling the whole conversation (what the official API does each turn): with
-``config.rotate_cross_query_in_decode=True`` every token's hidden states are the same whether it was computed in
-a decode step or in a prefill, so a session gives the same greedy tokens as a full re-prefill of the same token
-sequence. In the default HF-parity mode (False) the answer tokens of earlier turns were computed in decode steps
-whose cross-attention query was *not* rotated (the official quirk), while a re-prefill rotates it; their cached
-K/V, and therefore later turns, differ slightly from a full re-prefill. The official API itself also re-tokenises
-earlier answers from text, which may split them differently from the tokens that were generated; a session keeps
-the generated tokens.
+Equivalence with re-prefilling the whole conversation: with ``config.rotate_cross_query_in_decode=True`` every
+token's hidden states are the same whether computed in a decode step or a prefill, so a session gives the same
+greedy tokens as one prefill of the same token sequence. In the default HF-parity mode the answers' tokens were
+decoded with an un-rotated cross-attention query (the official quirk), so later turns differ slightly from a full
+re-prefill. When the engine evicted the sequence (memory pressure), the next turn re-prefills the conversation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from ..constants import VISION_CHUNKED_LENGTH
-from ..errors import MossVLError
-from .engine import Engine, Result, RunState, StreamEvent, _error_result, _PrefillError
-from .prompts import build_followup, build_prompt
+from ..errors import MossVLError, QueryError
+from ..processing.conversation import Conversation
+from .engine import Engine
+from .handle import RequestHandle
+from .request import PreparedRequest, Result
+
+_ANSWER_MARK = "\x00mossvl-answer\x00"
 
 
 class Session:
-    """A conversation with one MOSS-VL model that reuses its KV cache from turn to turn.
+    """A conversation with one engine that reuses its KV from turn to turn.
 
-    ``messages``: normalised messages of the finished turns (earlier history may be given to start from; it is
-    prefilled with the first turn). ``media_kwargs`` / ``generate_kwargs`` are defaults for every turn.
+    ``messages``: normalised messages of the finished turns (history given here is prefilled with the first turn).
+    ``media_kwargs`` / ``generate_kwargs`` are defaults of every turn.
     """
 
     def __init__(
         self,
-        model=None,
-        processor=None,
-        *,
-        engine: Engine | None = None,
+        engine: Engine,
         messages: list[dict] | None = None,
         media_kwargs: dict | None = None,
         generate_kwargs: dict | None = None,
-        vision_chunked_length: int = VISION_CHUNKED_LENGTH,
     ):
-        self.engine = engine or Engine(model, processor, vision_chunked_length)
+        self.engine = engine
         self.messages: list[dict] = list(messages or [])
         self.media_kwargs = dict(media_kwargs or {})
         self.generate_kwargs = dict(generate_kwargs or {})
         self.last_result: Result | None = None
-        self._state: RunState | None = None
+        self._sequence = None
+        self._last_token: int | None = None
 
     @property
     def cached_tokens(self) -> int:
-        """Text tokens held in the cache (0 before the first turn or after a reset)."""
-        return 0 if self._state is None else int(self._state.attention_mask.shape[1])
-
-    def adopt(self, state: RunState, index: int) -> None:
-        """Continue from the row answering ``index`` in a finished batch run made with ``keep=state``."""
-        self._state = state.select(index)
+        """Tokens held in the engine for this conversation (0 before the first turn, after a reset or eviction)."""
+        sequence = self._sequence
+        return len(sequence.tokens) if sequence is not None and sequence.alive else 0
 
     def reset(self) -> None:
-        """Forget the conversation and free its cache."""
-        self.messages = []
-        self._state = None
-        self.last_result = None
+        """Forget the conversation and free its KV."""
+        self.engine.close_sequence(self._sequence)
+        self.messages, self._sequence, self._last_token, self.last_result = [], None, None, None
 
-    def send(self, query: Any, cancel: Callable[[], bool] | None = None, **generate_kwargs) -> Result:
-        """Run one turn and return its Result (an error result if the turn failed)."""
-        for _ in self.stream_events(query, cancel=cancel, **generate_kwargs):
-            pass
-        return self.last_result
+    def submit(self, query: Any, **generate_kwargs: Any) -> tuple[RequestHandle, list[dict]]:
+        """Start a turn; returns its handle and the turn's new messages (pass both to ``record``).
 
-    def stream(
-        self, query: Any, cancel: Callable[[], bool] | None = None, **generate_kwargs
-    ) -> Iterator[str]:
-        """Run one turn, yielding text deltas; the Result is in ``last_result`` afterwards (errors raise)."""
-        for event in self.stream_events(query, cancel=cancel, **generate_kwargs):
-            if event.delta:
-                yield event.delta
-        self.last_result.raise_for_error()
-
-    def stream_events(
-        self, query: Any, cancel: Callable[[], bool] | None = None, **generate_kwargs
-    ) -> Iterator[StreamEvent]:
-        """Run one turn as engine events (index 0). A turn abandoned mid-stream drops the cache (the next turn
-        re-prefills the conversation); a cancelled one (``cancel``) keeps it and records the partial answer."""
-        engine = self.engine
+        A turn that cannot be prepared gets a handle whose result is the error.
+        """
         try:
-            if self._state is None:
-                prompt = build_prompt(query, self.media_kwargs, history=self.messages)
-                new_messages = prompt.messages[len(self.messages) :]
-                batch = engine.encode(prompt)
+            conversation = self.engine.inputs.conversation(query)
+            settings = {**self.generate_kwargs, **generate_kwargs}
+            media = {**self.media_kwargs, **conversation.media_kwargs}
+            if self._sequence is not None and self._sequence.alive:
+                request = self._continuation(conversation, settings, media)
             else:
-                prompt = build_followup(query, self.media_kwargs)
-                new_messages = prompt.messages
-                batch = engine.encode_continuation(self._state.pending[0], prompt)
-            request = engine.request_for(prompt, {**self.generate_kwargs, **generate_kwargs})
+                turn = {"messages": conversation.messages, "generate_kwargs": conversation.generate_kwargs}
+                request = self.engine.prepare(turn, settings, media, history=self.messages)
         except MossVLError as exc:
-            self.last_result = _error_result(exc)
-            yield StreamEvent(0, "", self.last_result)
-            return
+            return RequestHandle.failed(exc), []
+        request.keep_sequence = True
+        return self.engine.submit(request), conversation.messages
 
-        state, keep = self._state, RunState()
-        self._state = None  # invalid until the turn completes: the cache is being extended
-        try:
-            yield from self._run(request, batch, state, keep, cancel)
-        except _PrefillError as exc:
-            self.last_result = _error_result(exc.__cause__, request)
-            yield StreamEvent(0, "", self.last_result)
+    def _continuation(self, conversation: Conversation, settings: dict, media: dict) -> PreparedRequest:
+        new_messages = conversation.messages
+        render = self.engine.processor.render
+        answer = self.messages[-1]
+        before = render(self.messages, add_generation_prompt=False)
+        full = render(self.messages + new_messages)
+        marked = render(
+            [*self.messages[:-1], {**answer, "content": [{"type": "text", "text": _ANSWER_MARK}]}], False
+        )
+        if not full.startswith(before) or _ANSWER_MARK not in marked:
+            raise QueryError(
+                "the chat template does not render a conversation as a continuation of its turns"
+            )
+        closing = marked.split(_ANSWER_MARK, 1)[1]
+        pending = [] if self._last_token is None else [self._last_token]
+        request = self.engine.inputs.encode(
+            closing + full[len(before) :],
+            conversation.images,
+            conversation.videos,
+            media,
+            self.engine.inputs.settings(settings, conversation.generate_kwargs),
+            self.messages + new_messages,
+            prefix_ids=pending,
+        )
+        request.sequence = self._sequence
+        request.input_text = full  # the whole conversation's prompt, as a re-prefill would render it
+        return request
+
+    def record(self, result: Result, new_messages: list[dict]) -> None:
+        """Take a finished turn into the conversation (a failed one changes nothing)."""
+        self.last_result = result
+        if not result.ok:
+            if result.sequence is None and self._sequence is not None and not self._sequence.alive:
+                self._sequence = None
             return
-        self._state = keep
         self.messages += new_messages
-        self.messages.append(
-            {"role": "assistant", "content": [{"type": "text", "text": self.last_result.text}]}
-        )
+        self.messages.append({"role": "assistant", "content": [{"type": "text", "text": result.text}]})
+        self._sequence = result.sequence
+        stops = self.engine.eos_token_ids
+        last = result.token_ids[-1] if result.token_ids else None
+        # The last sampled token was never fed; an end-of-turn token is rewritten by the template's closing text.
+        self._last_token = None if last is None or last in stops else last
 
-    def _run(self, request, batch, state: RunState | None, keep: RunState, cancel) -> Iterator[StreamEvent]:
-        events = self.engine.run(
-            [request],
-            batch,
-            cancel=cancel,
-            cache=state.cache if state is not None else None,
-            past_attention_mask=state.attention_mask if state is not None else None,
-            keep=keep,
-        )
-        for event in events:
-            if event.result is not None:
-                self.last_result = event.result
-            yield event
+    def send(self, query: Any, **generate_kwargs: Any) -> Result:
+        """Run one turn and return its Result (an error result if the turn failed)."""
+        handle, new_messages = self.submit(query, **generate_kwargs)
+        result = handle.result()
+        self.record(result, new_messages)
+        return result
+
+    def stream(self, query: Any, **generate_kwargs: Any) -> Iterator[str]:
+        """Run one turn, yielding text deltas; its error raises at the end. A stream abandoned before its end
+        cancels the turn and drops the KV (the next turn re-prefills the recorded conversation)."""
+        handle, new_messages = self.submit(query, **generate_kwargs)
+        finished = False
+        try:
+            for event in handle.events():
+                if event.delta:
+                    yield event.delta
+            finished = True
+        finally:
+            result = handle.result() if finished else None
+            if not finished:
+                handle.cancel()
+                abandoned = handle.result()
+                self.engine.close_sequence(abandoned.sequence)
+                self.engine.close_sequence(self._sequence)
+                self._sequence, self._last_token = None, None
+        self.record(result, new_messages)
+        result.raise_for_error()

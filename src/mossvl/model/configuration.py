@@ -105,6 +105,7 @@ class MossVLTextConfig(PreTrainedConfig):
     attention_bias: bool = False
     attention_dropout: float | int = 0.0
     cross_attention_layers: list[int] | None = None
+    cross_attention_implementation: str | None = None
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
@@ -149,6 +150,10 @@ class MossVLTextConfig(PreTrainedConfig):
 class MossVLConfig(PreTrainedConfig):
     """Top-level MOSS-VL configuration (``model_type "moss_vl"``).
 
+    ``cross_attention_implementation`` (None, "sdpa" or "eager") picks the kernel of the cross-attention layers
+    only, as the official ``from_pretrained(..., cross_attention_implementation=...)`` option does; it is copied
+    into ``text_config`` when the model is built.
+
     ``rotate_cross_query_in_decode`` selects the decode-time behaviour of the cross-attention query (spec §12.1):
     False (default) reproduces the official Hugging Face ``generate()`` outputs, which leave the query un-rotated
     in single-token decode steps; True rotates it as at prefill (SGLang / training semantics, equal to a full
@@ -169,6 +174,7 @@ class MossVLConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     use_cache: bool = True
     rotate_cross_query_in_decode: bool = False
+    cross_attention_implementation: str | None = None
 
     def __post_init__(self, **kwargs):
         # Official configs name remote-code files in `auto_map`; this package replaces them, and keeping the entry

@@ -12,13 +12,12 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
-from ..errors import QueryError
-from ..inference.offline import MossVLOfflineMixin
+from ..errors import ConfigError, QueryError
 from . import cross_attention_mask as xmask
 from .cache import MossVLCache
 from .compat import CACHE_FIELD, cache_argument
 from .configuration import MossVLConfig
-from .text import CrossAttentionInputs, MossVLTextModel, init_text_weights
+from .text import CROSS_ATTENTION_IMPLEMENTATIONS, CrossAttentionInputs, MossVLTextModel, init_text_weights
 from .vision import MossVLVisionModel, MossVLVisionRotaryEmbedding, init_vision_weights
 from .xrope import frame_grids, text_position_ids, vision_position_ids
 
@@ -66,6 +65,14 @@ class MossVLModel(MossVLPreTrainedModel):
 
     def __init__(self, config: MossVLConfig):
         super().__init__(config)
+        choice = config.cross_attention_implementation or config.text_config.cross_attention_implementation
+        if choice not in (None, *CROSS_ATTENTION_IMPLEMENTATIONS):
+            raise ConfigError(
+                f"cross_attention_implementation={choice!r} is not available: use one of "
+                f"{list(CROSS_ATTENTION_IMPLEMENTATIONS)} (the official flash_attention_3 boundary kernel is CUDA-only "
+                "code this package does not ship)"
+            )
+        config.cross_attention_implementation = config.text_config.cross_attention_implementation = choice
         self.visual = MossVLVisionModel(config.vision_config)
         self.language_model = MossVLTextModel(config.text_config)
         self.separator_token = nn.Parameter(torch.zeros(config.vision_config.out_hidden_size))
@@ -372,7 +379,7 @@ def _repeat_media_per_sample(media: dict, repeats: int, batch: int) -> dict:
     return expanded
 
 
-class MossVLForConditionalGeneration(MossVLOfflineMixin, MossVLPreTrainedModel, GenerationMixin):
+class MossVLForConditionalGeneration(MossVLPreTrainedModel, GenerationMixin):
     """MOSS-VL with its LM head; works with ``generate()`` (pixel inputs at prefill only).
 
     Decode quirk (spec §12.1): the official Hugging Face code rotates the cross-attention query with XRoPE at

@@ -76,11 +76,19 @@ def eager_attention_forward(
     return output, weights
 
 
-def _attention_function(implementation: str | None, cross: bool):
+CROSS_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _attention_function(config: MossVLTextConfig, cross: bool):
+    """The kernel of a layer: ``cross_attention_implementation`` for cross layers when set, else the model's
+    implementation, except that cross layers use SDPA under flash attention (it cannot take their mask)."""
+    implementation = config._attn_implementation
+    if cross:
+        implementation = config.cross_attention_implementation or (
+            implementation if implementation in ("eager", "flex_attention") else "sdpa"
+        )
     if implementation in (None, "eager"):
         return eager_attention_forward
-    if cross and implementation not in ("sdpa", "flex_attention"):
-        implementation = "sdpa"
     return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 
 
@@ -137,7 +145,7 @@ class _GroupedQueryAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """q (B, H, L, D) over k / v (B, Hkv, S, D), then o_proj → (B, L, hidden)."""
-        attend = _attention_function(self.config._attn_implementation, cross=not self.is_causal)
+        attend = _attention_function(self.config, cross=not self.is_causal)
         # No position_ids here: XRoPE positions jump at images, which must not look like packed sequences.
         output, _ = attend(
             self,

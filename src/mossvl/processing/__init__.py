@@ -1,8 +1,10 @@
-"""Media and prompt processing: images, videos with timestamps, chat prompts and the MossVLProcessor."""
+"""Media and prompt processing: conversations, images, videos with timestamps, chat templates and the processor."""
 
+from mossvl.processing.conversation import Conversation, conversation_from_query, conversation_from_record
 from mossvl.processing.image import MossVLImageProcessor, VisualPatches, load_image_array
-from mossvl.processing.processor import MossVLProcessor, RenderedBatch
-from mossvl.processing.prompt import Conversation, normalize_query, render_chat
+from mossvl.processing.media_plan import PlannedMedia
+from mossvl.processing.processor import MossVLProcessor, PlannedInputs
+from mossvl.processing.prompt import default_chat_template, render_chat
 from mossvl.processing.video import MossVLVideoProcessor, probe_video
 
 __all__ = [
@@ -10,10 +12,13 @@ __all__ = [
     "MossVLImageProcessor",
     "MossVLProcessor",
     "MossVLVideoProcessor",
-    "RenderedBatch",
+    "PlannedInputs",
+    "PlannedMedia",
     "VisualPatches",
+    "conversation_from_query",
+    "conversation_from_record",
+    "default_chat_template",
     "load_image_array",
-    "normalize_query",
     "probe_video",
     "render_chat",
 ]

@@ -5,6 +5,7 @@ import binascii
 import io
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers.processing_utils import ImagesKwargs
 
 from mossvl import constants as C
 from mossvl.errors import ConfigError, MediaError, QueryError
+from mossvl.processing.media_plan import PlannedMedia, array_digest, settings_key
 from mossvl.processing.transforms import (
     check_aspect_ratio,
     check_patch_config,
@@ -232,14 +234,15 @@ class MossVLImageProcessor(BaseImageProcessor):
             for i, ((h, w), cap) in enumerate(zip(shapes, caps, strict=True))
         ]
 
-    def process(
+    def plan(
         self,
         images: list[Any],
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         multi_image_max_pixels: int | None = None,
-    ) -> list[VisualPatches]:
-        """Process all images of one call (they share the multi-image budget); one VisualPatches per image."""
+    ) -> list[PlannedMedia]:
+        """Decode and size all images of one call (they share the multi-image budget); resizing and patchifying
+        wait for ``load()``."""
         arrays = []
         for i, image in enumerate(images):
             try:
@@ -249,12 +252,25 @@ class MossVLImageProcessor(BaseImageProcessor):
         sizes = self.target_sizes(
             [a.shape[:2] for a in arrays], min_pixels, max_pixels, multi_image_max_pixels
         )
-        out = []
-        for array, size in zip(arrays, sizes, strict=True):
-            frames = resize_uint8(hwc_to_tensor(array)[None], size)
-            rows, grid = patchify(frames, self.patch_size, self.merge_size, self.image_mean, self.image_std)
-            out.append(VisualPatches(rows, grid))
-        return out
+        factor = self.patch_size
+        return [
+            PlannedMedia(
+                kind="image",
+                grid_thw=(1, size[0] // factor, size[1] // factor),
+                key=settings_key("image", array_digest(array), size, self.image_mean, self.image_std),
+                load=partial(self._pixels, array, size),
+            )
+            for array, size in zip(arrays, sizes, strict=True)
+        ]
+
+    def _pixels(self, array: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        frames = resize_uint8(hwc_to_tensor(array)[None], size)
+        rows, _ = patchify(frames, self.patch_size, self.merge_size, self.image_mean, self.image_std)
+        return rows
+
+    def process(self, images: list[Any], **kwargs: Any) -> list[VisualPatches]:
+        """Process all images of one call (they share the multi-image budget); one VisualPatches per image."""
+        return [VisualPatches(item.load(), item.grid_thw) for item in self.plan(images, **kwargs)]
 
     def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         if not isinstance(images, list | tuple):
@@ -271,7 +287,12 @@ class MossVLImageProcessor(BaseImageProcessor):
         return self.preprocess(images, **kwargs)
 
 
-def blank_image_patches(patch_size: int = C.PATCH_SIZE) -> VisualPatches:
+def blank_image(patch_size: int = C.PATCH_SIZE) -> PlannedMedia:
     """The stand-in for a text-only sample (spec §9.4): a 128×128 image whose normalised pixels are all 0.0."""
     grid = C.BLANK_IMAGE_SIZE // patch_size
-    return VisualPatches(torch.zeros(grid * grid, 3 * patch_size * patch_size), (1, grid, grid))
+    return PlannedMedia(
+        kind="image",
+        grid_thw=(1, grid, grid),
+        key=settings_key("blank", patch_size),
+        load=lambda: torch.zeros(grid * grid, 3 * patch_size * patch_size),
+    )

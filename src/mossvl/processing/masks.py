@@ -1,7 +1,5 @@
 """Token-level masks built from input ids: the frame-causal cross-attention mask and assistant-only labels."""
 
-import re
-
 import torch
 
 from mossvl import constants as C
@@ -24,35 +22,25 @@ def cross_attention_mask(
     return (~visible)[:, None]
 
 
-_ASSISTANT_SPAN = re.compile(
-    re.escape(f"{C.IM_START}assistant\n") + r"(.*?" + re.escape(C.IM_END) + r"|.*$)", re.S
-)
-
-
-def assistant_char_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of assistant replies, each including its closing `<|im_end|>` (an unfinished final
-    reply runs to the end of the text)."""
-    return [m.span(1) for m in _ASSISTANT_SPAN.finditer(text)]
-
-
 def assistant_labels(
     input_ids: torch.Tensor,
     offsets: torch.Tensor,
     attention_mask: torch.Tensor,
-    texts: list[str],
+    spans: list[list[tuple[int, int]]],
     ignored_token_ids: list[int],
     vision_span: tuple[int, int],
 ) -> torch.Tensor:
     """Labels (B, L): token ids inside assistant replies, IGNORE_INDEX elsewhere.
 
-    `offsets` (B, L, 2) are the tokenizer's character offsets into `texts`. Padding, `ignored_token_ids` and
-    every token from `<|vision_start|>` through `<|vision_end|>` (`vision_span` ids) are always ignored.
+    `offsets` (B, L, 2) are the tokenizer's character offsets into the texts and `spans[b]` the character spans
+    of sample b's assistant replies (end-of-turn text included). Padding, `ignored_token_ids` and every token from
+    `<|vision_start|>` through `<|vision_end|>` (`vision_span` ids) are always ignored.
     """
     labels = torch.full_like(input_ids, C.IGNORE_INDEX)
     starts = offsets[..., 0]
-    for b, text in enumerate(texts):
+    for b, sample_spans in enumerate(spans):
         keep = torch.zeros_like(input_ids[b], dtype=torch.bool)
-        for lo, hi in assistant_char_spans(text):
+        for lo, hi in sample_spans:
             keep |= (starts[b] >= lo) & (starts[b] < hi)
         labels[b, keep] = input_ids[b, keep]
     depth = torch.cumsum((input_ids == vision_span[0]).long() - (input_ids == vision_span[1]).long(), dim=1)

@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from mossvl import constants as C
 from mossvl.errors import ConfigError, MediaError, QueryError
 from mossvl.processing.image import VisualPatches, describe, hwc_to_tensor, load_image_array, size_dict
+from mossvl.processing.media_plan import PlannedMedia, array_digest, file_digest, settings_key
 from mossvl.processing.transforms import check_patch_config, patchify, resize_uint8, smart_resize_video
 
 
@@ -92,18 +94,6 @@ def parse_segments(segments: Any, name: str) -> list[tuple[float, float | None]]
 def split_segments(video: dict[str, Any], segments: list[tuple[float, float | None]]) -> list[dict[str, Any]]:
     """A video dict and its parsed segments → one one-segment dict per segment (a media unit each)."""
     return [{**video, "segments": [[start] if end is None else [start, end]]} for start, end in segments]
-
-
-def expand_segments(videos: list[Any]) -> list[Any]:
-    """One entry per media unit: a {video_path, segments} dict with k segments becomes k one-segment dicts."""
-    out = []
-    for video in videos:
-        if isinstance(video, dict) and "segments" in video:
-            name = str(video.get("video_path", "video"))
-            out.extend(split_segments(video, parse_segments(video["segments"], name)))
-        else:
-            out.append(video)
-    return out
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -408,9 +398,10 @@ class MossVLVideoProcessor(VideoProcessorMixin):
         }
 
     def _units(self, videos: list[Any]) -> list[_Unit]:
+        """One unit per whole video, per segment of a segmented video, or per set of pre-extracted frames."""
         probes: dict[str, VideoIndex] = {}
         units = []
-        for i, video in enumerate(expand_segments(videos)):
+        for i, video in enumerate(videos):
             name = (
                 f"#{i} ({describe(video.get('video_path', 'frames') if isinstance(video, dict) else video)})"
             )
@@ -421,9 +412,11 @@ class MossVLVideoProcessor(VideoProcessorMixin):
                 if "video_path" not in video:
                     raise QueryError(f"video {name}: a video dict needs 'video_path' (or 'frames')")
                 path = str(video["video_path"])
-                segment = parse_segments(video["segments"], name)[0] if "segments" in video else None
+                segments = (
+                    parse_segments(video["segments"], name) if video.get("segments") is not None else [None]
+                )
             elif isinstance(video, str | Path):
-                path, segment = str(video), None
+                path, segments = str(video), [None]
             else:
                 raise QueryError(
                     f"video {name}: unsupported video input; use a path, a dict or pre-extracted frames"
@@ -434,17 +427,19 @@ class MossVLVideoProcessor(VideoProcessorMixin):
                 except MediaError as err:
                     raise MediaError(f"video #{i}: {err}") from err
             index = probes[path]
-            if segment is not None:
-                start, end = segment
-                if start >= index.duration:
-                    raise MediaError(
-                        f"video {name}: segment starts at {start}s, after the end of the video ({index.duration:.3f}s)"
-                    )
-                segment = (start, None if end is None else min(end, index.duration))
-            units.append(_Unit(name, index=index, segment=segment))
+            for segment in segments:
+                if segment is not None:
+                    start, end = segment
+                    if start >= index.duration:
+                        raise MediaError(
+                            f"video {name}: segment starts at {start}s, after the end of the video "
+                            f"({index.duration:.3f}s)"
+                        )
+                    segment = (start, None if end is None else min(end, index.duration))
+                units.append(_Unit(name, index=index, segment=segment))
         return units
 
-    def process(
+    def plan(
         self,
         videos: list[Any],
         min_pixels: int | None = None,
@@ -454,9 +449,9 @@ class MossVLVideoProcessor(VideoProcessorMixin):
         min_frames: int | None = None,
         max_frames: int | None = None,
         num_extract_threads: int | None = None,
-    ) -> list[VisualPatches]:
-        """Process all videos of one call (they share the frame and pixel budgets); one result per media unit
-        (a video with k segments gives k units)."""
+    ) -> list[PlannedMedia]:
+        """Index, sample and size all videos of one call (they share the frame and pixel budgets); decoding waits
+        for ``load()``. One item per media unit (a video with k segments gives k units)."""
         min_pixels = self.size["shortest_edge"] if min_pixels is None else min_pixels
         max_pixels = self.size["longest_edge"] if max_pixels is None else max_pixels
         budget = self.video_max_pixels if video_max_pixels is None else video_max_pixels
@@ -504,12 +499,39 @@ class MossVLVideoProcessor(VideoProcessorMixin):
                 name=f"video {unit.name}",
             )
             if unit.frames is not None:
-                frames = resize_uint8(hwc_to_tensor(np.stack(unit.frames)), size)
+                content = settings_key(*(array_digest(frame) for frame in unit.frames))
+            elif os.path.isfile(unit.index.path):
+                content = file_digest(unit.index.path)
             else:
-                frames = decode_frames(unit.index, unit.frame_indices, size, threads)
-            rows, grid = patchify(frames, self.patch_size, self.merge_size, self.image_mean, self.image_std)
-            out.append(VisualPatches(rows, grid, unit.timestamps, unit.frame_indices))
+                content = f"url:{unit.index.path}"
+            out.append(
+                PlannedMedia(
+                    kind="video",
+                    grid_thw=(t, size[0] // self.patch_size, size[1] // self.patch_size),
+                    key=settings_key(
+                        "video", content, unit.frame_indices, size, self.image_mean, self.image_std
+                    ),
+                    load=partial(self._pixels, unit, size, threads),
+                    timestamps=unit.timestamps,
+                    frame_indices=unit.frame_indices,
+                )
+            )
         return out
+
+    def _pixels(self, unit: _Unit, size: tuple[int, int], threads: int) -> torch.Tensor:
+        if unit.frames is not None:
+            frames = resize_uint8(hwc_to_tensor(np.stack(unit.frames)), size)
+        else:
+            frames = decode_frames(unit.index, unit.frame_indices, size, threads)
+        rows, _ = patchify(frames, self.patch_size, self.merge_size, self.image_mean, self.image_std)
+        return rows
+
+    def process(self, videos: list[Any], **kwargs: Any) -> list[VisualPatches]:
+        """Process all videos of one call; one VisualPatches (rows, grid, timestamps, frame indices) per unit."""
+        return [
+            VisualPatches(item.load(), item.grid_thw, item.timestamps, item.frame_indices)
+            for item in self.plan(videos, **kwargs)
+        ]
 
     def preprocess(self, videos: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         if not isinstance(videos, list | tuple):

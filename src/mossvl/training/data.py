@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
 from ..errors import MossVLError, QueryError
-from ..processing.prompt import render_chat
-from .records import Conversation, index_records, normalize_record, read_record
+from ..processing.conversation import Conversation, conversation_from_record
+from .records import index_records, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,9 @@ class SFTDataset(Dataset):
 
     def conversation(self, index: int) -> Conversation:
         """The normalised conversation of record ``index`` (no media decoding)."""
-        return normalize_record(read_record(self.data_path, self.spans[index], index), index, self.base_dir)
+        return conversation_from_record(
+            read_record(self.data_path, self.spans[index], index), index, self.base_dir
+        )
 
     def load(self, index: int) -> Features:
         """Features of record ``index``, truncated to ``max_length``; raises MossVLError naming the record."""
@@ -182,11 +184,12 @@ class SFTDataset(Dataset):
     def encode(self, conversation: Conversation) -> Features:
         """Run the processor on one conversation and unbatch its outputs."""
         outputs = self.processor(
-            text=[render_chat(conversation.messages, add_generation_prompt=False)],
+            text=[self.processor.render(conversation.messages, add_generation_prompt=False)],
             images=conversation.images or None,
             videos=conversation.videos or None,
             return_tensors="pt",
             return_labels=True,
+            assistant_spans=[self.processor.assistant_spans(conversation.messages)],
         )
         return {
             "input_ids": outputs["input_ids"][0],
@@ -200,9 +203,7 @@ class SFTDataset(Dataset):
     def blank(self) -> Features:
         """The processor's blank-image media of a text-only sample, used when truncation drops every media item."""
         if self._blank is None:
-            self._blank = self.encode(
-                Conversation(messages=[{"role": "assistant", "content": ""}], images=[], videos=[])
-            )
+            self._blank = self.encode(Conversation(messages=[{"role": "assistant", "content": []}]))
         return self._blank
 
 

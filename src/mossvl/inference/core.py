@@ -1,0 +1,603 @@
+"""The engine core: continuous batching of prepared requests over one model and one KV pool.
+
+Each ``step()`` runs at most one prefill work unit (a chunk of frames through the vision tower, or a chunk of
+prompt text) and then one decode step for every sequence that is generating. A new request joins the running
+batch as soon as its prefill is done and leaves it when it finishes or is cancelled; a long prefill never stalls
+the others for more than one unit (``EngineConfig.prefill_chunk_frames`` / ``prefill_chunk_tokens``).
+
+Admission: a waiting request gets a pool row when fewer than ``max_batch_size`` sequences are prefilling or
+decoding and its KV fits the memory limit (prompt + ``max_new_tokens`` text entries plus its vision memory, for
+every live sequence padded to the longest, as the pool stores them); otherwise it waits, after idle kept
+sequences were evicted (least recently used first). A request that could never fit alone, or whose positions
+exceed the model's context, fails at once. Any failure stays with its request.
+
+Sequences: a request starts a sequence or continues one (``PreparedRequest.sequence``); with ``keep_sequence`` the
+KV stays in the pool after the answer, for the next turn (sessions) or the next frames (realtime). A sequence with
+a ``visual_window`` keeps only its frames of the last ``visual_window`` seconds in the vision memory (all text).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MossVLError, QueryError
+from ..model import cross_attention_mask as xmask
+from ..model.xrope import text_position_ids, vision_position_ids
+from .detokenize import TextStream
+from .handle import RequestHandle
+from .kv_pool import KVPool
+from .media_cache import MediaCache
+from .request import (
+    FINISH_CANCELLED,
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    PreparedRequest,
+    Result,
+    StreamEvent,
+    error_result,
+)
+from .runner import ModelRunner
+from .sampling import RowSampler, select_next_tokens
+
+
+class CapacityError(MossVLError):
+    """A request that can never fit the engine's KV memory limit or the model's context."""
+
+
+class SequenceLostError(MossVLError):
+    """A continuation of a sequence whose KV is gone (evicted under memory pressure, closed, or failed)."""
+
+
+@dataclass
+class EngineConfig:
+    """Scheduling and memory settings of an engine.
+
+    ``max_batch_size``: sequences prefilling or decoding at once. ``kv_cache_bytes``: memory limit of the KV pool
+    (None: a quarter of the machine's RAM on CPU, half the free GPU memory on CUDA). ``prefill_chunk_tokens`` /
+    ``prefill_chunk_frames``: the largest prefill work unit, i.e. the longest a prefill may delay the decoding
+    sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it). ``max_kept_sequences``:
+    idle sequences kept for later turns. ``max_waiting``: queued requests beyond this are refused at submission
+    (None: no limit).
+    """
+
+    max_batch_size: int = 16
+    kv_cache_bytes: int | None = None
+    prefill_chunk_tokens: int = 512
+    prefill_chunk_frames: int = 16
+    media_cache_bytes: int = 1 << 30
+    max_kept_sequences: int = 32
+    max_waiting: int | None = None
+
+    def check(self) -> None:
+        """Raise QueryError naming the first invalid setting."""
+        positive = ("max_batch_size", "prefill_chunk_tokens", "prefill_chunk_frames")
+        for name in positive + ("media_cache_bytes", "max_kept_sequences"):
+            value = getattr(self, name)
+            low = 1 if name in positive else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise QueryError(f"EngineConfig.{name}={value!r} is invalid: expected an int >= {low}")
+        for name in ("kv_cache_bytes", "max_waiting"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise QueryError(f"EngineConfig.{name}={value!r} is invalid: expected None or an int >= 1")
+
+
+def default_kv_cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+_sequence_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A conversation's KV in the pool: its row, the next XRoPE position, where its stored frames end in the
+    vision memory (and their timestamps), every token fed so far, and the text entries reserved for it."""
+
+    id: str = field(default_factory=lambda: f"seq-{next(_sequence_ids)}")
+    row: int | None = None
+    next_position: int = 0
+    frame_ends: list[int] = field(default_factory=list)
+    frame_times: list[float | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    visual_window: float | None = None
+    reserved_text: int = 0
+    busy: bool = False
+    alive: bool = True
+
+    @property
+    def visible(self) -> int:
+        """Vision entries the next token sees (all stored frames)."""
+        return self.frame_ends[-1] if self.frame_ends else 0
+
+
+@dataclass(eq=False)
+class _Active:
+    """A request between admission and its result."""
+
+    request: PreparedRequest
+    handle: RequestHandle
+    sequence: Sequence
+    units: deque
+    positions: torch.Tensor  # (3, L) text positions of the new tokens
+    prefix: torch.Tensor  # (L,) vision entries each new token may see
+    vision_positions: torch.Tensor  # (3, Lv) positions of the new vision memory
+    frame_offsets: list[int]  # start of each new frame in the new vision memory, then its end
+    first_frames: list[int]  # index of each media's first frame among the new frames
+    end_position: int
+    max_new_tokens: int
+    sampler: RowSampler
+    stream: TextStream
+    result: Result
+    rollback: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    finished: bool = False
+    generated: list[int] = field(default_factory=list)
+    features: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class EngineCore:
+    """Schedules and steps requests; not thread-safe (the Engine drives it from one thread)."""
+
+    def __init__(
+        self, model, tokenizer, config: EngineConfig, eos_token_ids: set[int], media_cache: MediaCache
+    ):
+        config.check()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.eos_token_ids = set(eos_token_ids)
+        self.media_cache = media_cache
+        self.image_token_id = model.config.image_token_id
+        self.max_positions = model.config.text_config.max_position_embeddings
+        device = next(model.parameters()).device
+        dtype = model.model.language_model.embed_tokens.weight.dtype
+        self.pool = KVPool(model.config.text_config, dtype, device)
+        self.runner = ModelRunner(model, self.pool)
+        self.kv_limit = config.kv_cache_bytes or default_kv_cache_bytes(device)
+        self.waiting: deque[tuple[PreparedRequest, RequestHandle]] = deque()
+        self.prefilling: deque[_Active] = deque()
+        self.decoding: list[_Active] = []  # decoding[i] sits in pool row i
+        self.kept: OrderedDict[str, Sequence] = (
+            OrderedDict()
+        )  # idle kept sequences, least recently used first
+        self.row_owner: list[Sequence | None] = []
+
+    # ----- queue ---------------------------------------------------------------------------------------------
+
+    def add(self, request: PreparedRequest, handle: RequestHandle) -> None:
+        self.waiting.append((request, handle))
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.decoding)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.prefilling) + len(self.decoding)
+
+    def close_sequence(self, sequence: Sequence) -> None:
+        """Free a kept sequence's KV (a busy one is freed when its request ends)."""
+        sequence.alive = False
+        if not sequence.busy:
+            self._free(sequence)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """End every request with ``exc`` (the engine is shutting down or broke); frees all KV."""
+        for active in [*self.prefilling, *self.decoding]:
+            active.sequence.alive = False
+            self._finish(active, FINISH_ERROR, exc)
+        while self.waiting:
+            request, handle = self.waiting.popleft()
+            handle.push(StreamEvent("", result=_failed(exc, request)))
+        for sequence in list(self.kept.values()):
+            self._free(sequence)
+
+    # ----- one step ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit what fits, run one prefill unit (all of them while nothing decodes), then one decode step."""
+        self._drop_cancelled()
+        self._admit()
+        if self.prefilling:
+            self._prefill_unit(self.prefilling[0])
+            while self.prefilling and not self.decoding:
+                self._prefill_unit(self.prefilling[0])
+                self._admit()
+        if self.decoding:
+            self._decode_step()
+        if not self.has_work() and not self.kept:
+            self.pool.release()
+            self.row_owner = []
+
+    def _drop_cancelled(self) -> None:
+        for active in [a for a in self.prefilling if a.handle.cancelled]:
+            self._finish(active, FINISH_CANCELLED)
+
+    # ----- admission -----------------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self.waiting and self.num_running < self.config.max_batch_size:
+            request, handle = self.waiting[0]
+            if handle.cancelled:
+                self.waiting.popleft()
+                handle.push(StreamEvent("", result=_unstarted(request, FINISH_CANCELLED)))
+                continue
+            try:
+                active = self._plan(request, handle)
+                fits = self._make_room(active)
+            except MossVLError as exc:
+                self.waiting.popleft()
+                handle.push(StreamEvent("", result=_failed(exc, request)))
+                continue
+            if not fits:
+                return
+            self.waiting.popleft()
+            self._start(active)
+
+    def _plan(self, request: PreparedRequest, handle: RequestHandle) -> _Active:
+        """Positions, staircase prefixes and work units of a request; raises for one that can never run."""
+        sequence = request.sequence if request.sequence is not None else Sequence()
+        if not sequence.alive or sequence.busy:
+            state = "busy with another request" if sequence.alive else "gone (evicted or closed)"
+            raise SequenceLostError(f"sequence {sequence.id} is {state}")
+        if not request.input_ids:
+            raise QueryError("the request has no tokens to feed")
+        new_times = [t for media in request.media for t in (media.timestamps or []) if t is not None]
+        if sequence.visual_window is not None and new_times:
+            self._evict_window(sequence, max(new_times) - sequence.visual_window)
+        ids = torch.tensor([request.input_ids], dtype=torch.long)
+        merge = self.runner.merge
+        grid = torch.tensor(
+            [[h // merge, w // merge] for t, h, w in (m.grid_thw for m in request.media) for _ in range(t)],
+            dtype=torch.long,
+        ).view(-1, 2)
+        mask = torch.ones_like(ids)
+        has_media = bool(request.media)
+        positions, next_position = text_position_ids(
+            ids,
+            mask,
+            self.image_token_id if has_media else None,
+            [grid.amax(dim=1) if has_media else grid[:, 0]],
+            torch.tensor([sequence.next_position]),
+        )
+        sizes = (grid[:, 0] * grid[:, 1] + 1).tolist()
+        vision_positions = vision_position_ids(positions, ids, mask, self.image_token_id, [grid], sum(sizes))
+        end_position = int(next_position[0])
+        room = self.max_positions - end_position
+        if room < 0:
+            raise CapacityError(
+                f"the prompt needs {end_position} positions but the model's context holds {self.max_positions} "
+                "(max_position_embeddings): shorten the prompt or send fewer frames"
+            )
+        frame_offsets = [0, *torch.tensor(sizes, dtype=torch.long).cumsum(0).tolist()]
+        first_frames = [0, *itertools.accumulate(m.num_frames for m in request.media)][:-1]
+        units: deque = deque()
+        chunk = self.config.prefill_chunk_frames
+        for index, media in enumerate(request.media):
+            for first in range(0, media.num_frames, chunk):
+                units.append(("vision", index, first, min(first + chunk, media.num_frames)))
+        chunk = self.config.prefill_chunk_tokens
+        for first in range(0, ids.shape[1], chunk):
+            units.append(("text", first, min(first + chunk, ids.shape[1])))
+        settings = request.settings
+        result = Result(
+            request_id=request.request_id,
+            input_text=request.input_text,
+            prompt_tokens=ids.shape[1],
+            vision_tokens=frame_offsets[-1],
+            arrival_time=request.arrival_time,
+        )
+        return _Active(
+            request=request,
+            handle=handle,
+            sequence=sequence,
+            units=units,
+            positions=positions[:, 0],
+            prefix=self._token_prefix(sequence, ids[0], frame_offsets, has_media),
+            vision_positions=vision_positions[:, 0],
+            frame_offsets=frame_offsets,
+            first_frames=first_frames,
+            end_position=end_position,
+            max_new_tokens=min(settings.max_new_tokens, room),
+            sampler=RowSampler(settings, self.pool.device),
+            stream=TextStream(self.tokenizer, settings.stop),
+            result=result,
+        )
+
+    def _token_prefix(
+        self, sequence: Sequence, ids: torch.Tensor, frame_offsets: list[int], has_media: bool
+    ) -> torch.Tensor:
+        """(L,) vision entries each new token may attend to: the stored frames, plus the new frames whose
+        ``<|image_pad|>`` is at or before it."""
+        ends = torch.tensor([sequence.visible + offset for offset in frame_offsets], dtype=torch.long)
+        seen = torch.cumsum(ids == self.image_token_id, 0) if has_media else torch.zeros_like(ids)
+        return xmask.visible_prefix(seen[None], ends[None])[0]
+
+    def _make_room(self, active: _Active) -> bool:
+        """Reserve pool memory for a request, evicting idle kept sequences if needed; False = wait for room.
+
+        Raises CapacityError for a request that could not fit even alone.
+        """
+        sequence = active.sequence
+        continuing = sequence.row is not None
+        text_needed = (self.pool.text_len[sequence.row] if continuing else 0) + active.result.prompt_tokens
+        text_needed += active.max_new_tokens
+        vision_needed = (
+            self.pool.vision_len[sequence.row] if continuing else 0
+        ) + active.result.vision_tokens
+        if self.pool.bytes_for(1, text_needed, vision_needed) > self.kv_limit:
+            raise CapacityError(
+                f"the request needs {self.pool.bytes_for(1, text_needed, vision_needed) / 2**20:.1f} MiB of KV "
+                f"memory ({text_needed} text and {vision_needed} vision entries) but the engine's limit is "
+                f"{self.kv_limit / 2**20:.1f} MiB (EngineConfig.kv_cache_bytes): send fewer frames, a shorter "
+                "prompt or a smaller max_new_tokens"
+            )
+        while True:
+            others = [s for s in self.row_owner if s is not None and s is not sequence]
+            text = max([text_needed, *(s.reserved_text for s in others)])
+            vision = max([vision_needed, *(self.pool.vision_len[s.row] for s in others)])
+            if self.pool.bytes_for(len(others) + 1, text, vision) <= self.kv_limit:
+                break
+            victims = [s for s in self.kept.values() if s is not sequence]
+            if not victims:
+                return False
+            self._free(victims[0])
+        self.kept.pop(sequence.id, None)
+        if not continuing:
+            sequence.row = self._free_row()
+            self.row_owner[sequence.row] = sequence
+        sequence.reserved_text = text_needed
+        self.pool.reserve(len(self.row_owner), text, vision, self.kv_limit)
+        if not continuing:
+            self.pool.clear(sequence.row)
+        return True
+
+    def _free_row(self) -> int:
+        for row in range(len(self.decoding), len(self.row_owner)):
+            if self.row_owner[row] is None:
+                return row
+        self.row_owner.append(None)
+        return len(self.row_owner) - 1
+
+    def _start(self, active: _Active) -> None:
+        sequence = active.sequence
+        sequence.busy = True
+        row = sequence.row
+        active.rollback = (
+            self.pool.text_len[row],
+            self.pool.vision_len[row],
+            len(sequence.frame_ends),
+            len(sequence.tokens),
+            sequence.next_position,
+        )
+        self.prefilling.append(active)
+
+    def _evict_window(self, sequence: Sequence, oldest: float) -> None:
+        """Drop the stored frames older than ``oldest`` seconds from the sequence's vision memory."""
+        drop = 0
+        while drop < len(sequence.frame_times) and (sequence.frame_times[drop] or 0.0) < oldest:
+            drop += 1
+        if drop == 0 or sequence.row is None:
+            return
+        tokens = sequence.frame_ends[drop - 1]
+        self.pool.drop_vision_prefix(sequence.row, tokens)
+        sequence.frame_ends = [end - tokens for end in sequence.frame_ends[drop:]]
+        sequence.frame_times = sequence.frame_times[drop:]
+
+    # ----- prefill -------------------------------------------------------------------------------------------
+
+    def _prefill_unit(self, active: _Active) -> None:
+        """Run the next work unit of the request at the head of the prefill queue."""
+        unit = active.units.popleft()
+        try:
+            if unit[0] == "vision":
+                self._vision_unit(active, *unit[1:])
+                return
+            logits = self._text_unit(active, *unit[1:])
+        except Exception as exc:  # noqa: BLE001 - a failing request must never take the engine down
+            self._finish(active, FINISH_ERROR, exc)
+            return
+        if logits is not None:
+            self.prefilling.popleft()
+            self._prefill_done(active, logits)
+
+    def _vision_unit(self, active: _Active, media_index: int, first: int, last: int) -> None:
+        media = active.request.media[media_index]
+        _, height, width = media.grid_thw
+        per_frame = height * width // self.runner.merge**2
+        if media.features is not None:
+            features = media.features[first * per_frame : last * per_frame]
+        else:
+            pixels = media.pixels[first * height * width : last * height * width]
+            features = self.runner.encode_frames(pixels, (last - first, height, width))
+            active.features.setdefault(media_index, []).append(features)
+            if last == media.num_frames:
+                self.media_cache.put(media.key, torch.cat(active.features.pop(media_index)))
+        frame = active.first_frames[media_index]
+        start, end = active.frame_offsets[frame + first], active.frame_offsets[frame + last]
+        memory = self.runner.frame_memory(features, last - first)
+        self.runner.store_vision(active.sequence.row, memory, active.vision_positions[:, start:end])
+
+    def _text_unit(self, active: _Active, first: int, last: int) -> torch.Tensor | None:
+        sequence = active.sequence
+        ids = torch.tensor([active.request.input_ids[first:last]], dtype=torch.long)
+        final = last == len(active.request.input_ids)
+        logits = self.runner.forward(
+            slice(sequence.row, sequence.row + 1),
+            ids,
+            active.positions[:, None, first:last],
+            active.prefix[None, first:last],
+            rotate_query=True,
+            logits=final,
+        )
+        sequence.tokens += active.request.input_ids[first:last]
+        return logits
+
+    def _prefill_done(self, active: _Active, logits: torch.Tensor) -> None:
+        sequence = active.sequence
+        sequence.next_position = active.end_position
+        base = sequence.visible
+        offsets = active.frame_offsets
+        sequence.frame_ends += [base + end for end in offsets[1:]]
+        sequence.frame_times += [
+            t for media in active.request.media for t in (media.timestamps or [None] * media.num_frames)
+        ]
+        if active.max_new_tokens == 0:
+            self._finish(active, FINISH_LENGTH)
+            return
+        self._accept(active, self._sample([active], logits)[0])
+        if not active.finished:
+            self._move_to_decoding(active)
+
+    # ----- decode --------------------------------------------------------------------------------------------
+
+    def _decode_step(self) -> None:
+        batch = len(self.decoding)
+        tokens = [active.generated[-1] for active in self.decoding]
+        try:
+            logits = self.runner.decode(
+                batch,
+                tokens,
+                [active.sequence.next_position for active in self.decoding],
+                [active.sequence.visible for active in self.decoding],
+            )
+        except Exception as exc:  # noqa: BLE001 - fail the batch's requests, keep the engine
+            for active in list(self.decoding):
+                active.sequence.alive = False
+                self._finish(active, FINISH_ERROR, exc)
+            return
+        for active, token in zip(self.decoding, tokens, strict=True):
+            active.sequence.tokens.append(token)
+            active.sequence.next_position += 1
+        choices = self._sample(self.decoding, logits)
+        for active, token in zip(list(self.decoding), choices, strict=True):
+            self._accept(active, token)
+
+    def _sample(self, actives: list[_Active], logits: torch.Tensor) -> list[int]:
+        histories = [
+            torch.tensor([a.sequence.tokens], device=self.pool.device) if a.sampler.needs_history else None
+            for a in actives
+        ]
+        return select_next_tokens([a.sampler for a in actives], histories, logits)
+
+    def _accept(self, active: _Active, token: int) -> None:
+        """Record a sampled token, stream its text, and finish the request when a stop condition holds."""
+        active.generated.append(token)
+        if active.result.first_token_time is None:
+            active.result.first_token_time = time.monotonic()
+        if token in self.eos_token_ids or token in active.request.settings.stop_token_ids:
+            self._finish(active, FINISH_STOP)
+            return
+        delta = active.stream.push(token)
+        active.handle.push(StreamEvent(delta, [token]))
+        if active.stream.stopped:
+            self._finish(active, FINISH_STOP)
+        elif len(active.generated) >= active.max_new_tokens:
+            self._finish(active, FINISH_LENGTH)
+        elif active.handle.cancelled:
+            self._finish(active, FINISH_CANCELLED)
+
+    def _move_to_decoding(self, active: _Active) -> None:
+        target = len(self.decoding)
+        self._swap_rows(active.sequence.row, target)
+        self.decoding.append(active)
+
+    def _swap_rows(self, a: int, b: int) -> None:
+        if a == b:
+            return
+        while len(self.row_owner) <= max(a, b):
+            self.row_owner.append(None)
+        self.pool.swap(a, b)
+        self.row_owner[a], self.row_owner[b] = self.row_owner[b], self.row_owner[a]
+        for row in (a, b):
+            if self.row_owner[row] is not None:
+                self.row_owner[row].row = row
+
+    # ----- endings -------------------------------------------------------------------------------------------
+
+    def _finish(self, active: _Active, reason: str, exc: BaseException | None = None) -> None:
+        """Close a request: leave the decode rows or the prefill queue, keep or free its sequence, push its Result."""
+        sequence = active.sequence
+        active.finished = True
+        interrupted = False
+        if active in self.decoding:
+            index = self.decoding.index(active)
+            last = len(self.decoding) - 1
+            self._swap_rows(index, last)
+            self.decoding[index], self.decoding[last] = self.decoding[last], self.decoding[index]
+            self.decoding.pop()
+        elif active in self.prefilling:
+            self.prefilling.remove(active)
+            interrupted = True
+            self._roll_back(active)
+        sequence.busy = False
+        # A new sequence whose prompt never completed holds nothing worth keeping.
+        fresh_and_empty = interrupted and active.request.sequence is None
+        keep = (
+            active.request.keep_sequence
+            and sequence.alive
+            and sequence.row is not None
+            and not fresh_and_empty
+        )
+        if keep:
+            sequence.reserved_text = self.pool.text_len[sequence.row]
+            self.kept[sequence.id] = sequence
+            while len(self.kept) > self.config.max_kept_sequences:
+                self._free(next(iter(self.kept.values())))
+        else:
+            self._free(sequence)
+        result = active.result
+        delta = active.stream.finish() if exc is None else ""
+        result.text = active.stream.text
+        result.token_ids = list(active.generated)
+        result.finish_reason = reason
+        result.finish_time = time.monotonic()
+        result.sequence = sequence if keep else None
+        if exc is not None:
+            failed = error_result(exc, result.request_id, result.input_text)
+            result.error, result.exception = failed.error, failed.exception
+        active.handle.push(StreamEvent(delta, result=result))
+
+    def _roll_back(self, active: _Active) -> None:
+        """Undo a partial prefill of a continuation, so the kept sequence is as before the request."""
+        sequence = active.sequence
+        if sequence.row is None:
+            return
+        text_len, vision_len, frames, tokens, position = active.rollback
+        self.pool.text_len[sequence.row] = text_len
+        self.pool.vision_len[sequence.row] = vision_len
+        del sequence.frame_ends[frames:], sequence.frame_times[frames:], sequence.tokens[tokens:]
+        sequence.next_position = position
+
+    def _free(self, sequence: Sequence) -> None:
+        sequence.alive = False
+        self.kept.pop(sequence.id, None)
+        if sequence.row is not None:
+            self.pool.clear(sequence.row)
+            self.row_owner[sequence.row] = None
+            sequence.row = None
+
+
+def _failed(exc: BaseException, request: PreparedRequest) -> Result:
+    return error_result(exc, request.request_id, request.input_text)
+
+
+def _unstarted(request: PreparedRequest, reason: str) -> Result:
+    now = time.monotonic()
+    return Result(
+        request_id=request.request_id,
+        input_text=request.input_text,
+        finish_reason=reason,
+        arrival_time=request.arrival_time,
+        finish_time=now,
+    )

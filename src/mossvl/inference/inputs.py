@@ -1,0 +1,122 @@
+"""From a user query to a ``PreparedRequest``: conversation, chat template, media planning, cache lookups, settings.
+
+Runs in the caller's thread (or a server's worker thread), so decoding media never stalls the engine loop.
+Generation settings are merged here, in one place, in this order (later wins): the official defaults, the
+checkpoint's ``generation_config.json``, the engine's or call's kwargs, the query's own ``generate_kwargs``.
+Media settings likewise: the processor's config files, the call's ``media_kwargs``, the query's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import QueryError
+from ..processing.conversation import Conversation, conversation_from_query
+from ..processing.processor import MossVLProcessor, canonical_media_kwargs
+from .media_cache import MediaCache
+from .request import MediaInput, PreparedRequest
+from .sampling import GenerationSettings
+
+
+def pop_vision_chunked_length(generate_kwargs: dict) -> None:
+    """Check and drop the official ``vision_chunked_length`` knob: the engine splits the vision prefill into
+    chunks of at most ``EngineConfig.prefill_chunk_frames`` frames, which bounds memory at least as tightly."""
+    value = generate_kwargs.pop("vision_chunked_length", None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise QueryError(f"vision_chunked_length={value!r} is invalid: expected an int >= 1")
+
+
+class InputProcessor:
+    """Prepares requests for one model and processor; ``defaults`` are the engine's generation settings."""
+
+    def __init__(
+        self,
+        processor: MossVLProcessor,
+        defaults: GenerationSettings,
+        media_cache: MediaCache,
+        merge_size: int,
+    ):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.defaults = defaults
+        self.media_cache = media_cache
+        self.merge_size = merge_size
+        self.image_token_id = processor.image_token_id
+
+    def settings(self, *layers: dict | None) -> GenerationSettings:
+        """Generation settings: the engine defaults, then each kwargs layer in order."""
+        settings = self.defaults
+        for layer in layers:
+            if layer:
+                layer = dict(layer)
+                pop_vision_chunked_length(layer)
+                settings = GenerationSettings.from_kwargs(layer, base=settings)
+        return settings
+
+    def conversation(
+        self, query: Any, base_dir: str | Path | None = None, history: list[dict] | None = None
+    ) -> Conversation:
+        """The query as a Conversation (a Conversation passes through; ``history`` is put before it)."""
+        if isinstance(query, Conversation):
+            if history:
+                return Conversation(history + query.messages, query.media_kwargs, query.generate_kwargs)
+            return query
+        return conversation_from_query(query, base_dir, history=history)
+
+    def prepare(
+        self,
+        query: Any,
+        generate_kwargs: dict | None = None,
+        media_kwargs: dict | None = None,
+        base_dir: str | Path | None = None,
+        history: list[dict] | None = None,
+    ) -> PreparedRequest:
+        """A new request from a query (a prompt string, a message list, a query dict or a Conversation); ``generate_kwargs`` /
+        ``media_kwargs`` are defaults under the query's own. Raises a MossVLError for bad input."""
+        conversation = self.conversation(query, base_dir, history)
+        settings = self.settings(generate_kwargs, conversation.generate_kwargs)
+        media = {**(media_kwargs or {}), **conversation.media_kwargs}
+        text = self.processor.render(conversation.messages)
+        return self.encode(
+            text, conversation.images, conversation.videos, media, settings, conversation.messages
+        )
+
+    def encode(
+        self,
+        text: str,
+        images: Sequence[Any],
+        videos: Sequence[Any],
+        media_kwargs: dict,
+        settings: GenerationSettings,
+        messages: list[dict] | None = None,
+        prefix_ids: Sequence[int] = (),
+    ) -> PreparedRequest:
+        """A request for rendered ``text`` with placeholders, after ``prefix_ids`` (a continuation's pending
+        tokens). Media come from the cache when their key is known, else their pixels are loaded now."""
+        media_kwargs = canonical_media_kwargs(media_kwargs)
+        if not images and not videos:
+            self.processor.check_text([text])
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            media: list[MediaInput] = []
+        else:
+            planned = self.processor.plan(text, list(images), list(videos), **media_kwargs)
+            ids = planned.input_ids[0].tolist()
+            media = [self._media_input(item) for item in planned.media[0]]
+        vision_tokens = sum(
+            t * (h * w // self.merge_size**2 + 1) for t, h, w in (item.grid_thw for item in media)
+        )
+        return PreparedRequest(
+            input_ids=[*prefix_ids, *ids],
+            media=media,
+            settings=settings,
+            input_text=text,
+            messages=list(messages or []),
+            vision_tokens=vision_tokens,
+        )
+
+    def _media_input(self, item) -> MediaInput:
+        features = self.media_cache.get(item.key)
+        pixels = None if features is not None else item.load()
+        return MediaInput(item.grid_thw, item.key, features, pixels, item.timestamps)
