@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench demo-model
+LATEST := .venv-latest
+
+.PHONY: setup demo test test-all test-latest lint bench demo-model
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# Golden parity and the transformers journey on the newest versions pyproject.toml allows (torch stays the
+# local CPU build: a newer one would be a CUDA download).
+$(LATEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "WARNING: Location" || true
+	$(LATEST)/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "WARNING: Location" || true
+	$(LATEST)/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE "^(torch|transformers|tokenizers|accelerate|peft) "
+	touch $(LATEST)/.installed
+
+test-latest: $(LATEST)/.installed
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/pytest -p no:cacheprovider tests -k "golden or journey"
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "slow or not slow"

@@ -21,78 +21,30 @@ About 45 s with the defaults on one CPU thread; --quick is a few seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    build_mossvl,
+    frames_video,
+    load_processor,
+    mid_sizes,
+    param_millions,
+    peak_rss_mb,
+    random_frames,
+    reset_peak_rss,
+    token_ids,
+)
+from transformers import LogitsProcessor, LogitsProcessorList
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from mossvl.inference.engine import Engine
+from mossvl.inference.session import Session
 
-from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
-
-from mossvl.inference.engine import Engine  # noqa: E402
-from mossvl.inference.session import Session  # noqa: E402
-from mossvl.model import MossVLConfig, MossVLForConditionalGeneration  # noqa: E402
-from mossvl.processing.processor import MossVLProcessor  # noqa: E402
-
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
 QUESTION = "What happens in the video? Describe it."
 
 
 # ----- models -------------------------------------------------------------------------------------------------
-
-
-def model_sizes(args) -> dict:
-    heads = args.hidden // 64
-    return {
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "heads": heads,
-        "kv_heads": max(1, heads // 4),
-        "intermediate": int(args.hidden * 2.75),
-        "vision_hidden": 256,
-        "vision_depth": 4,
-    }
-
-
-def build_mossvl(sizes: dict, vocab: int, token_ids: dict) -> MossVLForConditionalGeneration:
-    layers = sizes["layers"]
-    cross = [layers * (i + 1) // 4 - 1 for i in range(3)]  # 3 cross layers, e.g. [2, 5, 8] of 12
-    config = MossVLConfig(
-        vision_config={
-            "depth": sizes["vision_depth"],
-            "hidden_size": sizes["vision_hidden"],
-            "intermediate_size": sizes["vision_hidden"] * 4,
-            "num_heads": 4,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 1,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [0, 1, 2],
-            "out_hidden_size": sizes["hidden"],
-        },
-        text_config={
-            "vocab_size": vocab,
-            "hidden_size": sizes["hidden"],
-            "intermediate_size": sizes["intermediate"],
-            "num_hidden_layers": layers,
-            "num_attention_heads": sizes["heads"],
-            "num_key_value_heads": sizes["kv_heads"],
-            "head_dim": 64,
-            "cross_attention_layers": cross,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [12, 10, 10]},
-        },
-        **token_ids,
-    )
-    model = MossVLForConditionalGeneration(config).eval()
-    for layer in cross:  # non-zero gates so that the cross layers do real work
-        block = model.model.language_model.layers[layer]
-        block.cross_attn_attn_gate.data.fill_(0.5)
-        block.cross_attn_mlp_gate.data.fill_(0.5)
-    return model
 
 
 def build_qwen3vl(sizes: dict, vocab: int, token_ids: dict):
@@ -134,22 +86,13 @@ def build_qwen3vl(sizes: dict, vocab: int, token_ids: dict):
     return model
 
 
-def param_millions(model) -> float:
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
 # ----- inputs -------------------------------------------------------------------------------------------------
-
-
-def random_frames(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
 
 
 def video_query(frames: list[np.ndarray]) -> dict:
     return {
         "prompt": QUESTION,
-        "videos": [{"frames": frames, "fps": 1.0}],
+        "videos": [frames_video(frames)],
         "media_kwargs": {"max_frames": len(frames), "video_fps": 1.0},
     }
 
@@ -178,23 +121,6 @@ def qwen3vl_inputs(tokenizer, frames: list[np.ndarray], token_ids: dict) -> dict
 # ----- measuring ----------------------------------------------------------------------------------------------
 
 
-def reset_peak_rss() -> None:
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def cache_mb(cache) -> float:
     total = 0
     for layer in cache.layers:
@@ -212,18 +138,8 @@ class StepClock(LogitsProcessor):
         self.times: list[float] = []
 
     def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
+        self.times.append(time.monotonic())
         return scores
-
-
-def ticker(steps: list[float]):
-    """A cancel hook for the engine that only records when each token was chosen."""
-
-    def tick() -> bool:
-        steps.append(time.perf_counter())
-        return False
-
-    return tick
 
 
 def rates(start: float, steps: list[float]) -> tuple[float, float]:
@@ -234,18 +150,19 @@ def rates(start: float, steps: list[float]) -> tuple[float, float]:
 
 
 def time_engine(engine: Engine, query, new_tokens: int):
-    """TTFT, decode tok/s, KV MiB and peak RSS of one engine query (the cancel hook runs once per token)."""
-    from mossvl.inference.engine import RunState, collate
-
-    request = engine.request(query, {"max_new_tokens": new_tokens})
-    batch = collate([engine.encode(request.prompt)], engine.pad_token_id)
-    steps: list[float] = []
-    keep = RunState()
+    """TTFT, decode tok/s, KV MiB and peak RSS of one engine query (the engine stamps every token's event)."""
+    request = engine.prepare(query, {"max_new_tokens": new_tokens})
+    request.keep_sequence = True  # to read its KV size afterwards
     reset_peak_rss()
-    start = time.perf_counter()
-    for _ in engine.run([request], batch, cancel=ticker(steps), keep=keep):
-        pass
-    return (*rates(start, steps), cache_mb(keep.cache), peak_rss_mb(), batch.input_ids.shape[1])
+    start = time.monotonic()
+    events = list(engine.submit(request).events())
+    steps = [event.time for event in events if event.token_ids]
+    result = events[-1].result
+    sequence = result.sequence
+    pool = engine.core.pool
+    kv = (len(sequence.tokens) * pool.text_token_bytes + sequence.visible * pool.vision_token_bytes) / 2**20
+    engine.close_sequence(sequence)
+    return (*rates(start, steps), kv, peak_rss_mb(), len(request.input_ids))
 
 
 @torch.inference_mode()
@@ -254,7 +171,7 @@ def time_qwen3vl(model, inputs: dict, new_tokens: int):
 
     clock, cache = StepClock(), DynamicCache(config=model.config)
     reset_peak_rss()
-    start = time.perf_counter()
+    start = time.monotonic()
     model.generate(
         **inputs,
         past_key_values=cache,
@@ -269,7 +186,7 @@ def time_qwen3vl(model, inputs: dict, new_tokens: int):
 # ----- benchmarks ---------------------------------------------------------------------------------------------
 
 
-def bench_frames(args, engine, qwen, tokenizer, token_ids) -> None:
+def bench_frames(args, engine, qwen, tokenizer, ids) -> None:
     print("\n## 1. Video length: MOSS-VL (cross-attention) vs Qwen3-VL (tokens in the text), same frames")
     print(f"frames {args.frame_size}x{args.frame_size} px, {args.new_tokens} new tokens, greedy, fp32")
     header = (
@@ -301,19 +218,18 @@ def bench_multiturn(args, model, processor) -> None:
     print(f"\n## 2. Follow-up turn on a {count}-frame conversation (turn 1 answers {args.new_tokens} tokens)")
     frames = random_frames(count, args.frame_size, seed=99)
     first, follow = video_query(frames), "And what happens at the end?"
+    engine = Engine(model, processor)
     results = {}
     for name in ("session reuse", "re-prefill (official)"):
-        session = Session(model, processor, generate_kwargs={"max_new_tokens": args.new_tokens})
-        session.engine.eos_token_ids = {-1}
+        session = Session(engine, generate_kwargs={"max_new_tokens": args.new_tokens})
         session.send(first)
         if name != "session reuse":
-            session = Session(
-                engine=session.engine, messages=session.messages, generate_kwargs=session.generate_kwargs
-            )
-        steps: list[float] = []
-        start = time.perf_counter()
-        session.send(follow, max_new_tokens=4, cancel=ticker(steps))
-        results[name] = steps[0] - start
+            session = Session(engine, messages=session.messages, generate_kwargs=session.generate_kwargs)
+        handle, _ = session.submit(follow, max_new_tokens=4)
+        start = time.monotonic()
+        first_token = next(event.time for event in handle.events() if event.token_ids)
+        handle.result()
+        results[name] = first_token - start
     print("| follow-up | TTFT s |\n|---|---:|")
     for name, ttft in results.items():
         print(f"| {name} | {ttft:.3f} |")
@@ -331,9 +247,9 @@ def bench_batch(args, engine) -> None:
             {"prompt": f"Describe image {i}.", "images": [random_frames(1, args.frame_size, seed=i)[0]]}
             for i in range(size)
         ]
-        start = time.perf_counter()
+        start = time.monotonic()
         results = engine.generate(queries, max_new_tokens=args.batch_tokens)
-        wall = time.perf_counter() - start
+        wall = time.monotonic() - start
         tokens = sum(len(r.token_ids) for r in results)
         rate = tokens / wall
         base = base or rate
@@ -365,24 +281,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    processor = MossVLProcessor.from_pretrained(TOKENIZER_DIR)
+    processor = load_processor()
     tokenizer = processor.tokenizer
-    token_ids = {
-        key: tokenizer.convert_tokens_to_ids(token)
-        for key, token in (
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-        )
-    }
-    sizes = model_sizes(args)
-    model = build_mossvl(sizes, len(tokenizer), token_ids)
+    ids = token_ids(processor)
+    sizes = mid_sizes(args.hidden, args.layers)
+    model = build_mossvl(sizes, processor)
     engine = Engine(model, processor)
-    engine.eos_token_ids = {
-        -1
-    }  # random weights: never stop early, every run decodes the same number of tokens
-    qwen = None if args.no_baseline else build_qwen3vl(sizes, len(tokenizer), token_ids)
+    qwen = None if args.no_baseline else build_qwen3vl(sizes, len(tokenizer), ids)
     print("# mossvl inference benchmark")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; text hidden {sizes['hidden']}, "
@@ -393,12 +298,12 @@ def main() -> None:
         f"params: MOSS-VL {param_millions(model):.1f} M"
         + (f", Qwen3-VL {param_millions(qwen):.1f} M" if qwen else "")
     )
-    started = time.perf_counter()
+    started = time.monotonic()
     time_engine(engine, video_query(random_frames(1, args.frame_size)), 2)  # warm-up
-    bench_frames(args, engine, qwen, tokenizer, token_ids)
+    bench_frames(args, engine, qwen, tokenizer, ids)
     bench_multiturn(args, model, processor)
     bench_batch(args, engine)
-    print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
+    print(f"\ntotal benchmark time {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ def resolve_folder(name_or_path: str | os.PathLike, **hub_kwargs) -> str:
     return os.path.join(folder, subfolder) if subfolder else folder
 
 
+def local_folder(name_or_path: str | os.PathLike | None) -> str | None:
+    """The local folder a model or processor was loaded from (a hub id through the local cache), or None."""
+    if not name_or_path:
+        return None
+    try:
+        return resolve_folder(name_or_path, local_files_only=True)
+    except CheckpointError:
+        return None
+
+
 def remote_code_files(auto_map: dict) -> list[str]:
     """File names of the Python modules an ``auto_map`` points to (``"module.Class"`` → ``module.py``)."""
     names = set()

@@ -109,14 +109,17 @@ def test_a_full_queue_refuses_new_requests(golden_model, golden_processor):
     assert queued.result(TIMEOUT).ok
 
 
-def test_the_media_cache_skips_decoding_and_the_vision_tower(golden_model, golden_processor, media, monkeypatch):
+def test_the_media_cache_skips_decoding_and_the_vision_tower(
+    golden_model, golden_processor, media, monkeypatch
+):
     engine = Engine(golden_model, golden_processor)
     calls = []
     encode = engine.core.runner.encode_frames
     monkeypatch.setattr(engine.core.runner, "encode_frames", lambda *a: calls.append(1) or encode(*a))
     questions = ["What happens?", "What is moving?", "What colour is it?"]
     answers = [
-        engine.generate([{"prompt": q, "videos": [media["vid_a"]], "max_new_tokens": 6}])[0] for q in questions
+        engine.generate([{"prompt": q, "videos": [media["vid_a"]], "max_new_tokens": 6}])[0]
+        for q in questions
     ]
     assert len(calls) == 1 and engine.stats()["media_cache_hits"] == 2
     uncached = Engine(golden_model, golden_processor, EngineConfig(media_cache_bytes=0))
@@ -128,8 +131,10 @@ def test_the_media_cache_skips_decoding_and_the_vision_tower(golden_model, golde
     assert len(calls) == 2  # other media settings are another cache entry
 
 
-def test_decode_steps_write_in_place_and_the_pool_is_released_when_idle(golden_model, golden_processor, media):
-    engine = Engine(golden_model, golden_processor)
+def test_decode_steps_write_in_place_and_the_pool_is_released_when_idle(
+    golden_model, golden_processor, media
+):
+    engine = Engine(golden_model, golden_processor, EngineConfig(prefix_cache_size=0))
     pool = engine.core.pool
     handle = engine.submit({"prompt": "Describe.", "images": [media["img_a"]], "max_new_tokens": 200})
     events = handle.events(timeout=TIMEOUT)
@@ -145,3 +150,32 @@ def test_decode_steps_write_in_place_and_the_pool_is_released_when_idle(golden_m
     while engine.core.pool.nbytes and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.core.pool.nbytes == 0 and engine.stats()["running"] == 0
+
+
+def test_requests_that_start_alike_share_their_prefix_kv(golden_model, golden_processor, media, tmp_path):
+    """Questions about the same video reuse the first one's KV up to where they differ; a same-size image with
+    other pixels has the same token ids but different media keys, so nothing past it is shared."""
+    from PIL import Image
+
+    fresh = Engine(golden_model, golden_processor, EngineConfig(prefix_cache_size=0, media_cache_bytes=0))
+    engine = Engine(golden_model, golden_processor)
+    questions = [
+        {"prompt": q, "videos": [media["vid_a"]], "max_new_tokens": 6}
+        for q in ("What happens?", "What moves?")
+    ]
+    first, second = (engine.generate([q])[0] for q in questions)
+    assert first.cached_tokens == 0 and second.cached_tokens > 20
+    assert [first.token_ids, second.token_ids] == [r.token_ids for r in fresh.generate(questions)]
+    assert engine.stats()["cached_prefixes"] == 2
+
+    other = tmp_path / "other.png"
+    Image.open(media["img_a"]).transpose(Image.Transpose.ROTATE_180).save(other)
+    image_questions = [
+        {"prompt": "Describe.", "images": [path], "max_new_tokens": 6}
+        for path in (media["img_a"], str(other))
+    ]
+    results = [engine.generate([q])[0] for q in image_questions]
+    pad = golden_processor.image_token_id
+    prompt = engine.prepare(image_questions[1]).input_ids
+    assert results[1].cached_tokens <= prompt.index(pad)
+    assert [r.token_ids for r in results] == [r.token_ids for r in fresh.generate(image_questions)]

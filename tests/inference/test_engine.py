@@ -80,7 +80,9 @@ def test_stream_deltas_concatenate_to_the_result(engine, media):
         assert [t for event in events for t in event.token_ids] == result.token_ids
         assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         assert result.prompt_tokens > 0 and result.completion_tokens == len(result.token_ids)
-        assert result.first_token_time >= result.arrival_time and result.finish_time >= result.first_token_time
+        assert (
+            result.first_token_time >= result.arrival_time and result.finish_time >= result.first_token_time
+        )
 
 
 def test_usage_counts_vision_tokens_apart_from_text(engine, media):
@@ -170,7 +172,9 @@ def test_generation_config_gives_the_defaults_and_calls_override_them(golden_mod
         engine = Engine(golden_model, golden_processor)
         assert len(engine.generate(["Hi"])[0].token_ids) == 3
         assert len(engine.generate(["Hi"], max_new_tokens=5)[0].token_ids) == 5
-        assert len(engine.generate([{"prompt": "Hi", "max_new_tokens": 2}], max_new_tokens=5)[0].token_ids) == 2
+        assert (
+            len(engine.generate([{"prompt": "Hi", "max_new_tokens": 2}], max_new_tokens=5)[0].token_ids) == 2
+        )
         wide = Engine(golden_model, golden_processor, generate_kwargs={"max_new_tokens": 4})
         assert len(wide.generate(["Hi"])[0].token_ids) == 4
     finally:

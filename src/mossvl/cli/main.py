@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "run": ("mossvl.cli.run", "Run a JSON/JSONL file of queries and write the results."),
     "finetune": ("mossvl.cli.finetune", "Fine-tune a model (full or LoRA) on JSON/JSONL data."),
     "eval": ("mossvl.cli.evaluate", "Evaluate a model on a question set."),
+    "serve": ("mossvl.cli.serve", "Serve a model over an OpenAI-compatible HTTP API."),
 }
 
 

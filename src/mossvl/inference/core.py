@@ -46,6 +46,9 @@ from .request import (
 from .runner import ModelRunner
 from .sampling import RowSampler, select_next_tokens
 
+# Shorter shared starts are recomputed: copying them would not pay for the bookkeeping.
+MIN_SHARED_TOKENS = 8
+
 
 class CapacityError(MossVLError):
     """A request that can never fit the engine's KV memory limit or the model's context."""
@@ -63,8 +66,9 @@ class EngineConfig:
     (None: a quarter of the machine's RAM on CPU, half the free GPU memory on CUDA). ``prefill_chunk_tokens`` /
     ``prefill_chunk_frames``: the largest prefill work unit, i.e. the longest a prefill may delay the decoding
     sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it). ``max_kept_sequences``:
-    idle sequences kept for later turns. ``max_waiting``: queued requests beyond this are refused at submission
-    (None: no limit).
+    idle sequences kept for later turns. ``prefix_cache_size``: finished sequences whose KV later requests that
+    start with the same tokens and media reuse (0 disables it). ``max_waiting``: queued requests beyond this are
+    refused at submission (None: no limit).
     """
 
     max_batch_size: int = 16
@@ -73,12 +77,13 @@ class EngineConfig:
     prefill_chunk_frames: int = 16
     media_cache_bytes: int = 1 << 30
     max_kept_sequences: int = 32
+    prefix_cache_size: int = 8
     max_waiting: int | None = None
 
     def check(self) -> None:
         """Raise QueryError naming the first invalid setting."""
         positive = ("max_batch_size", "prefill_chunk_tokens", "prefill_chunk_frames")
-        for name in positive + ("media_cache_bytes", "max_kept_sequences"):
+        for name in positive + ("media_cache_bytes", "max_kept_sequences", "prefix_cache_size"):
             value = getattr(self, name)
             low = 1 if name in positive else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -102,14 +107,17 @@ _sequence_ids = itertools.count()
 @dataclass(eq=False)
 class Sequence:
     """A conversation's KV in the pool: its row, the next XRoPE position, where its stored frames end in the
-    vision memory (and their timestamps), every token fed so far, and the text entries reserved for it."""
+    vision memory (their timestamps and media keys), every token fed so far, and the text entries reserved for it.
+    """
 
     id: str = field(default_factory=lambda: f"seq-{next(_sequence_ids)}")
     row: int | None = None
     next_position: int = 0
     frame_ends: list[int] = field(default_factory=list)
     frame_times: list[float | None] = field(default_factory=list)
+    frame_keys: list[str] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+    shareable: int = 0  # leading tokens whose KV another request may copy
     visual_window: float | None = None
     reserved_text: int = 0
     busy: bool = False
@@ -140,6 +148,9 @@ class _Active:
     stream: TextStream
     result: Result
     rollback: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    source: Sequence | None = None  # a cached sequence whose first ``skip_tokens`` tokens this request reuses
+    skip_tokens: int = 0
+    skip_frames: int = 0
     finished: bool = False
     generated: list[int] = field(default_factory=list)
     features: dict[int, list[torch.Tensor]] = field(default_factory=dict)
@@ -167,10 +178,11 @@ class EngineCore:
         self.waiting: deque[tuple[PreparedRequest, RequestHandle]] = deque()
         self.prefilling: deque[_Active] = deque()
         self.decoding: list[_Active] = []  # decoding[i] sits in pool row i
-        self.kept: OrderedDict[str, Sequence] = (
-            OrderedDict()
-        )  # idle kept sequences, least recently used first
+        # Idle sequences, least recently used first: kept for their owner's next turn, or cached for prefixes.
+        self.kept: OrderedDict[str, Sequence] = OrderedDict()
+        self.cached: OrderedDict[str, Sequence] = OrderedDict()
         self.row_owner: list[Sequence | None] = []
+        self.rotate_decode_query = bool(model.config.rotate_cross_query_in_decode)
 
     # ----- queue ---------------------------------------------------------------------------------------------
 
@@ -198,7 +210,7 @@ class EngineCore:
         while self.waiting:
             request, handle = self.waiting.popleft()
             handle.push(StreamEvent("", result=_failed(exc, request)))
-        for sequence in list(self.kept.values()):
+        for sequence in [*self.kept.values(), *self.cached.values()]:
             self._free(sequence)
 
     # ----- one step ------------------------------------------------------------------------------------------
@@ -215,9 +227,14 @@ class EngineCore:
                 self._admit()
         if self.decoding:
             self._decode_step()
-        if not self.has_work() and not self.kept:
-            self.pool.release()
-            self.row_owner = []
+
+    def idle(self) -> None:
+        """Shrink the pool to the idle sequences it still holds (all of it is freed when none is left)."""
+        live = [s for s in self.row_owner if s is not None]
+        rows = self.pool.repack([s.row for s in live])
+        for sequence, row in zip(live, rows, strict=True):
+            sequence.row = row
+        self.row_owner = list(live)
 
     def _drop_cancelled(self) -> None:
         for active in [a for a in self.prefilling if a.handle.cancelled]:
@@ -281,13 +298,18 @@ class EngineCore:
             )
         frame_offsets = [0, *torch.tensor(sizes, dtype=torch.long).cumsum(0).tolist()]
         first_frames = [0, *itertools.accumulate(m.num_frames for m in request.media)][:-1]
+        frame_keys = [f"{m.key}#{f}" for m in request.media for f in range(m.num_frames)]
+        source, skip_tokens, skip_frames = None, 0, 0
+        if request.sequence is None:
+            source, skip_tokens, skip_frames = self._shared_prefix(request.input_ids, frame_keys)
         units: deque = deque()
         chunk = self.config.prefill_chunk_frames
         for index, media in enumerate(request.media):
-            for first in range(0, media.num_frames, chunk):
+            start = max(0, skip_frames - first_frames[index])
+            for first in range(start, media.num_frames, chunk):
                 units.append(("vision", index, first, min(first + chunk, media.num_frames)))
         chunk = self.config.prefill_chunk_tokens
-        for first in range(0, ids.shape[1], chunk):
+        for first in range(skip_tokens, ids.shape[1], chunk):
             units.append(("text", first, min(first + chunk, ids.shape[1])))
         settings = request.settings
         result = Result(
@@ -312,7 +334,33 @@ class EngineCore:
             sampler=RowSampler(settings, self.pool.device),
             stream=TextStream(self.tokenizer, settings.stop),
             result=result,
+            source=source,
+            skip_tokens=skip_tokens,
+            skip_frames=skip_frames,
         )
+
+    def _shared_prefix(self, ids: list[int], frame_keys: list[str]) -> tuple[Sequence | None, int, int]:
+        """The idle sequence sharing the longest start with a new request: (it, tokens, frames) to copy.
+
+        Tokens match when their ids do and every frame among them comes from the same media with the same
+        settings (its key); at least one token is left to compute the request's first logits."""
+        best: tuple[Sequence | None, int, int] = (None, 0, 0)
+        image = self.image_token_id
+        for sequence in [*self.cached.values(), *self.kept.values()]:
+            limit = min(sequence.shareable, len(ids) - 1)
+            length = 0
+            while length < limit and sequence.tokens[length] == ids[length]:
+                length += 1
+            pads = [i for i in range(length) if ids[i] == image]
+            same = 0
+            while same < len(pads) and sequence.frame_keys[same] == frame_keys[same]:
+                same += 1
+            if same < len(pads):  # stop before the first frame whose media differs
+                length = pads[same]
+            frames = same
+            if length >= MIN_SHARED_TOKENS and length > best[1]:
+                best = (sequence, length, frames)
+        return best
 
     def _token_prefix(
         self, sequence: Sequence, ids: torch.Tensor, frame_offsets: list[int], has_media: bool
@@ -348,7 +396,9 @@ class EngineCore:
             vision = max([vision_needed, *(self.pool.vision_len[s.row] for s in others)])
             if self.pool.bytes_for(len(others) + 1, text, vision) <= self.kv_limit:
                 break
-            victims = [s for s in self.kept.values() if s is not sequence]
+            victims = [
+                s for s in [*self.cached.values(), *self.kept.values()] if s not in (sequence, active.source)
+            ]
             if not victims:
                 return False
             self._free(victims[0])
@@ -373,6 +423,18 @@ class EngineCore:
         sequence = active.sequence
         sequence.busy = True
         row = sequence.row
+        source = active.source
+        if source is not None:
+            vision = source.frame_ends[active.skip_frames - 1] if active.skip_frames else 0
+            self.pool.copy_prefix(source.row, row, active.skip_tokens, vision)
+            sequence.tokens = active.request.input_ids[: active.skip_tokens]
+            sequence.frame_ends = source.frame_ends[: active.skip_frames]
+            sequence.frame_times = source.frame_times[: active.skip_frames]
+            sequence.frame_keys = source.frame_keys[: active.skip_frames]
+            for store in (self.cached, self.kept):
+                if source.id in store:
+                    store.move_to_end(source.id)
+            active.result.cached_tokens = active.skip_tokens
         active.rollback = (
             self.pool.text_len[row],
             self.pool.vision_len[row],
@@ -391,6 +453,7 @@ class EngineCore:
             return
         tokens = sequence.frame_ends[drop - 1]
         self.pool.drop_vision_prefix(sequence.row, tokens)
+        sequence.shareable = 0  # its vision memory no longer starts with its first frames
         sequence.frame_ends = [end - tokens for end in sequence.frame_ends[drop:]]
         sequence.frame_times = sequence.frame_times[drop:]
 
@@ -446,12 +509,17 @@ class EngineCore:
     def _prefill_done(self, active: _Active, logits: torch.Tensor) -> None:
         sequence = active.sequence
         sequence.next_position = active.end_position
-        base = sequence.visible
-        offsets = active.frame_offsets
-        sequence.frame_ends += [base + end for end in offsets[1:]]
+        skip, offsets = active.skip_frames, active.frame_offsets
+        base = sequence.visible - offsets[skip]  # where this request's vision memory starts in the row
+        sequence.frame_ends += [base + end for end in offsets[skip + 1 :]]
         sequence.frame_times += [
             t for media in active.request.media for t in (media.timestamps or [None] * media.num_frames)
+        ][skip:]
+        sequence.frame_keys += [f"{m.key}#{f}" for m in active.request.media for f in range(m.num_frames)][
+            skip:
         ]
+        if active.request.sequence is None:
+            sequence.shareable = len(sequence.tokens)
         if active.max_new_tokens == 0:
             self._finish(active, FINISH_LENGTH)
             return
@@ -549,11 +617,15 @@ class EngineCore:
             and sequence.row is not None
             and not fresh_and_empty
         )
-        if keep:
+        if self.rotate_decode_query and not interrupted:
+            sequence.shareable = len(sequence.tokens)  # decoded tokens then equal prefilled ones
+        if sequence.row is not None:
             sequence.reserved_text = self.pool.text_len[sequence.row]
-            self.kept[sequence.id] = sequence
-            while len(self.kept) > self.config.max_kept_sequences:
-                self._free(next(iter(self.kept.values())))
+        if keep:
+            self._hold(self.kept, sequence, self.config.max_kept_sequences)
+        elif sequence.alive and sequence.shareable and exc is None and not interrupted:
+            self._hold(self.cached, sequence, self.config.prefix_cache_size)
+            sequence.alive = False  # nobody continues it; it only lends its prefix
         else:
             self._free(sequence)
         result = active.result
@@ -567,6 +639,15 @@ class EngineCore:
             failed = error_result(exc, result.request_id, result.input_text)
             result.error, result.exception = failed.error, failed.exception
         active.handle.push(StreamEvent(delta, result=result))
+
+    def _hold(self, store: OrderedDict, sequence: Sequence, limit: int) -> None:
+        """Keep an idle sequence in ``store`` (least recently used first, at most ``limit``)."""
+        if limit == 0:
+            self._free(sequence)
+            return
+        store[sequence.id] = sequence
+        while len(store) > limit:
+            self._free(next(iter(store.values())))
 
     def _roll_back(self, active: _Active) -> None:
         """Undo a partial prefill of a continuation, so the kept sequence is as before the request."""
@@ -582,6 +663,7 @@ class EngineCore:
     def _free(self, sequence: Sequence) -> None:
         sequence.alive = False
         self.kept.pop(sequence.id, None)
+        self.cached.pop(sequence.id, None)
         if sequence.row is not None:
             self.pool.clear(sequence.row)
             self.row_owner[sequence.row] = None

@@ -8,6 +8,7 @@ methods, sessions, realtime, the CLI, the HTTP server) uses only this module's p
 
 from __future__ import annotations
 
+import atexit
 import threading
 import weakref
 from collections import deque
@@ -23,6 +24,15 @@ from .inputs import InputProcessor
 from .media_cache import MediaCache
 from .request import PreparedRequest, Result
 from .sampling import GenerationSettings
+
+_live_engines: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_engine_threads() -> None:
+    # An engine thread still inside torch when the interpreter tears down aborts the process.
+    for engine in list(_live_engines):
+        engine.shutdown(cancel=True, timeout=10)
 
 
 class EngineOverloadedError(MossVLError):
@@ -60,6 +70,7 @@ class Engine:
         self._to_close: list[Sequence] = []
         self._thread: threading.Thread | None = None
         self._handles: weakref.WeakSet[RequestHandle] = weakref.WeakSet()
+        _live_engines.add(self)
 
     @property
     def defaults(self) -> GenerationSettings:
@@ -136,6 +147,7 @@ class Engine:
             "waiting": waiting,
             "running": self.core.num_running,
             "kept_sequences": len(self.core.kept),
+            "cached_prefixes": len(self.core.cached),
             "kv_cache_bytes": self.core.pool.nbytes,
             "kv_cache_limit_bytes": self.core.kv_limit,
             "media_cache_bytes": self.media_cache.nbytes,
@@ -169,8 +181,7 @@ class Engine:
                     self.core.close_sequence(sequence)
                 self._to_close.clear()
                 if not self.core.has_work():
-                    if not self.core.kept:
-                        self.core.pool.release()
+                    self.core.idle()
                     self._thread = None
                     return
             try:

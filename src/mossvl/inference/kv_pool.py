@@ -129,6 +129,32 @@ class KVPool:
         self.text_len[a], self.text_len[b] = self.text_len[b], self.text_len[a]
         self.vision_len[a], self.vision_len[b] = self.vision_len[b], self.vision_len[a]
 
+    def copy_prefix(self, source: int, target: int, text_tokens: int, vision_tokens: int) -> None:
+        """Copy the first text / vision entries of one row into another (a request that starts like a cached one)."""
+        for layer in self.self_layers + self.cross_layers:
+            count = vision_tokens if layer in self.cross_layers else text_tokens
+            for store in (self.keys, self.values):
+                store[layer][target, :, :count] = store[layer][source, :, :count]
+        self.text_len[target], self.vision_len[target] = text_tokens, vision_tokens
+
+    def repack(self, rows: list[int]) -> list[int]:
+        """Keep only ``rows`` (in that order), in buffers just large enough for them; returns their new indices.
+        With no rows left every buffer is freed."""
+        if not rows:
+            self.release()
+            return []
+        text = _round_up(max(self.text_len[row] for row in rows), GROWTH_ALIGN)
+        vision = _round_up(max(self.vision_len[row] for row in rows), GROWTH_ALIGN)
+        index = torch.tensor(rows, device=self.device)
+        for layer in self.self_layers + self.cross_layers:
+            capacity = vision if layer in self.cross_layers else text
+            for store in (self.keys, self.values):
+                store[layer] = store[layer][index, :, :capacity].clone()
+        self.text_len = [self.text_len[row] for row in rows]
+        self.vision_len = [self.vision_len[row] for row in rows]
+        self.rows, self.text_capacity, self.vision_capacity = len(rows), text, vision
+        return list(range(len(rows)))
+
     def drop_vision_prefix(self, row: int, tokens: int) -> None:
         """Remove the first ``tokens`` vision entries of a row (a sliding visual window); the rest move left."""
         keep = self.vision_len[row] - tokens

@@ -78,8 +78,9 @@ class PreparedRequest:
 class Result:
     """Outcome of one request. ``finish_reason``: stop (EOS, stop token or stop string), length, cancelled, error.
 
-    ``prompt_tokens`` counts the text tokens fed for this request, ``vision_tokens`` the vision-memory entries its
-    media added (they never enter the text stream). Times are ``time.monotonic()`` seconds.
+    ``prompt_tokens`` counts the text tokens fed for this request (``cached_tokens`` of them were copied from an
+    earlier request that started the same way), ``vision_tokens`` the vision-memory entries its media added (they
+    never enter the text stream). Times are ``time.monotonic()`` seconds.
     """
 
     request_id: str = ""
@@ -89,6 +90,7 @@ class Result:
     error: str | None = None
     input_text: str = ""
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     vision_tokens: int = 0
     arrival_time: float = 0.0
     first_token_time: float | None = None
@@ -131,8 +133,10 @@ def error_result(exc: BaseException, request_id: str = "", input_text: str = "")
 @dataclass
 class StreamEvent:
     """A text delta of a request; the request's last event carries its ``result``. ``token_ids`` are the tokens
-    the delta comes from (a delta may be empty while a multi-byte character is incomplete)."""
+    the delta comes from (a delta may be empty while a multi-byte character is incomplete); ``time`` is when the
+    engine produced it (``time.monotonic()``)."""
 
     delta: str
     token_ids: list[int] = field(default_factory=list)
     result: Result | None = None
+    time: float = field(default_factory=time.monotonic)

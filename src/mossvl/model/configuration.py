@@ -118,6 +118,15 @@ class MossVLTextConfig(PreTrainedConfig):
         self.rope_parameters.setdefault("mrope_interleaved", True)
         self.check()
 
+    def to_dict(self) -> dict:
+        """The config with its RoPE settings also in the legacy ``rope_theta`` / ``rope_scaling`` fields, which the
+        official checkpoints carry and transformers-4-era loaders (the official remote code, SGLang) read."""
+        out = super().to_dict()
+        legacy = dict(out.get("rope_parameters") or {})
+        out["rope_theta"] = legacy.pop("rope_theta", self.default_theta)
+        out["rope_scaling"] = legacy
+        return out
+
     def check(self) -> None:
         """Raise ConfigError if the decoder settings are inconsistent."""
         if self.num_attention_heads % self.num_key_value_heads:
@@ -177,9 +186,8 @@ class MossVLConfig(PreTrainedConfig):
     cross_attention_implementation: str | None = None
 
     def __post_init__(self, **kwargs):
-        # Official configs name remote-code files in `auto_map`; this package replaces them, and keeping the entry
-        # would make saved folders point at files they do not contain.
-        kwargs.pop("auto_map", None)
+        # An official config's `auto_map` (its remote-code files) is kept: after `import mossvl` the Auto classes
+        # still pick this package's classes, and `save_pretrained` keeps it only when it can copy those files.
         super().__post_init__(**kwargs)
         self.check()
 

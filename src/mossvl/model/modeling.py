@@ -4,6 +4,8 @@ Spec §4, §6–§8, §10–§12. The module tree is the checkpoint layout: ``mo
 ``model.language_model.*``, ``model.separator_token`` and ``lm_head.weight``.
 """
 
+import os
+
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -12,6 +14,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
+from ..checkpoint import copy_remote_code, local_folder
 from ..errors import ConfigError, QueryError
 from . import cross_attention_mask as xmask
 from .cache import MossVLCache
@@ -48,6 +51,21 @@ class MossVLPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq", r"rotary_pos_emb\.inv_freq"]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained`` that keeps an official checkpoint loadable by the official code and by
+        SGLang: the config's ``auto_map`` is written, and its remote-code files copied, when the folder the model was
+        loaded from has them; otherwise the ``auto_map`` is left out (it would name missing files)."""
+        auto_map = getattr(self.config, "auto_map", None)
+        os.makedirs(save_directory, exist_ok=True)
+        source = local_folder(self.config._name_or_path)
+        if not auto_map or copy_remote_code(source, save_directory, auto_map):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        del self.config.auto_map
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.auto_map = auto_map
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

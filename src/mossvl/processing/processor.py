@@ -59,13 +59,19 @@ VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # What transformers' Auto classes and pipelines pass to from_pretrained; none changes a MOSS-VL processor.
 HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder", "proxies")
+# Pipelines also forward the model's loading kwargs to the processor.
 IGNORED_LOAD_KWARGS = (
     "_from_auto",
     "_from_pipeline",
+    "_commit_hash",
     "trust_remote_code",
+    "code_revision",
     "use_fast",
     "backend",
-    "_commit_hash",
+    "dtype",
+    "torch_dtype",
+    "device_map",
+    "attn_implementation",
 )
 # Chat-template call options that transformers' pipelines and users pass but that mean nothing for MOSS-VL.
 IGNORED_TEMPLATE_KWARGS = ("truncation", "max_length", "return_attention_mask", "load_audio_from_video")
@@ -212,7 +218,11 @@ class MossVLProcessor(ProcessorMixin):
             (VIDEO_PROCESSOR_FILE, self.video_processor),
         ):
             config = processor.to_dict()
-            auto_map = self._source_auto_map(name)
+            source = _read_json(os.path.join(self.source_folder, name)) if self.source_folder else {}
+            # The official loaders look their processor classes up by these names.
+            kept = ("image_processor_type", "video_processor_type")
+            config.update({key: source[key] for key in kept if key in source})
+            auto_map = source.get("auto_map")
             if auto_map and copy_remote_code(self.source_folder, save_directory, auto_map):
                 config["auto_map"] = auto_map
             path = os.path.join(save_directory, name)
@@ -221,11 +231,6 @@ class MossVLProcessor(ProcessorMixin):
         template_path = os.path.join(save_directory, CHAT_TEMPLATE_FILE)
         Path(template_path).write_text(self.chat_template, encoding="utf-8")
         return [*files, template_path]
-
-    def _source_auto_map(self, file_name: str) -> dict | None:
-        if self.source_folder is None:
-            return None
-        return _read_json(os.path.join(self.source_folder, file_name)).get("auto_map")
 
     @classmethod
     def from_pretrained(
