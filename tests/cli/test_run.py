@@ -76,7 +76,9 @@ def test_run_jsonl_writes_reference_layout(golden_dir, golden_model, golden_proc
     assert results[1]["media_kwargs"]["video_fps"] == 1.0
     engine = Engine(golden_model, golden_processor)
     for index in (0, 1, 4):
-        request = engine.prepare(QUERIES[index], media_kwargs=results[index]["media_kwargs"], base_dir=query_dir)
+        request = engine.prepare(
+            QUERIES[index], media_kwargs=results[index]["media_kwargs"], base_dir=query_dir
+        )
         assert results[index]["text"] == engine.submit(request).result().text
         assert results[index]["event_count"] >= 1
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from mossvl.errors import QueryError
-from mossvl.processing.prompt import default_chat_template, render_chat
 from mossvl.processing.conversation import conversation_from_record as normalize_record
+from mossvl.processing.prompt import default_chat_template, render_chat
 from mossvl.training.records import index_records, read_record
 
 IMAGE = "img_a_64x96.png"
