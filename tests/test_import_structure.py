@@ -12,10 +12,10 @@ ALLOWED = {
     "model": set(),
     "processing": set(),
     "data": {"processing"},
-    "inference": {"model", "processing"},
+    "inference": {"model", "processing", "quantization"},
     "training": {"model", "processing"},
     "evaluation": {"inference", "processing"},
-    "quantization": {"model", "processing", "inference"},
+    "quantization": {"model", "processing"},
     "serving": {"inference", "model", "processing"},
     "cli": {"inference", "model", "processing", "training", "evaluation", "data", "serving", "quantization"},
 }

@@ -25,6 +25,7 @@ from .model import (
 )
 from .processing.image import MossVLImageProcessor
 from .processing.processor import MossVLProcessor
+from .quantization import register_quantizers
 
 try:
     __version__ = version("mossvl")
@@ -45,6 +46,7 @@ AutoImageProcessor.register(
     image_processor_classes={"pil": MossVLImageProcessor, "torchvision": MossVLImageProcessor},
     exist_ok=True,
 )
+register_quantizers()
 
 __all__ = [
     "Engine",

@@ -27,3 +27,11 @@ def media(golden_dir):
         "img_d": str(root / "img_d_96x64.png"),
         "vid_a": str(root / "vid_a_47f_10fps_48x64.mp4"),
     }
+
+
+@pytest.fixture(scope="session")
+def endless_model(golden_model):
+    """A copy of the golden model that never emits EOS (its generation_config names no real token)."""
+    model = copy.deepcopy(golden_model)
+    model.generation_config.eos_token_id = [-1]
+    return model

@@ -44,12 +44,21 @@ def media_dir(golden_dir):
     return golden_dir / "media"
 
 
+def write_records(path):
+    path.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    return path
+
+
 @pytest.fixture
 def sft_file(tmp_path):
     """A JSONL file of six records in both formats (images, multi-turn, video, text-only, segmented video)."""
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
-    return path
+    return write_records(tmp_path / "train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def module_sft_file(tmp_path_factory):
+    """The same records in a file shared by a test module, for training runs that several of its tests compare."""
+    return write_records(tmp_path_factory.mktemp("sft") / "train.jsonl")
 
 
 @pytest.fixture

@@ -31,6 +31,13 @@ def test_accelerate_fsdp_config_parses_and_wraps_real_layer_classes():
         assert hasattr(text, name) or hasattr(vision, name), name
 
 
+def test_cpu_fsdp_config_shards_like_the_gpu_one():
+    gpu = yaml.safe_load((EXAMPLES / "accelerate_fsdp.yaml").read_text())
+    cpu = yaml.safe_load((EXAMPLES / "accelerate_fsdp_cpu.yaml").read_text())
+    assert cpu["fsdp_config"] == gpu["fsdp_config"]  # what the CPU runs of test_distributed.py vouch for
+    assert cpu["distributed_type"] == "FSDP" and cpu["mixed_precision"] == "no" and cpu["use_cpu"] is False
+
+
 def test_run_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(EXAMPLES / "run_sft.sh")], check=True)
 

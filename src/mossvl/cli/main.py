@@ -13,7 +13,9 @@ SUBCOMMANDS = {
     "run": ("mossvl.cli.run", "Run a JSON/JSONL file of queries and write the results."),
     "finetune": ("mossvl.cli.finetune", "Fine-tune a model (full or LoRA) on JSON/JSONL data."),
     "eval": ("mossvl.cli.evaluate", "Evaluate a model on a question set."),
+    "quantize": ("mossvl.cli.quantize", "Write a quantized copy of a checkpoint (int8, FP8 or NF4)."),
     "serve": ("mossvl.cli.serve", "Serve a model over an OpenAI-compatible HTTP API."),
+    "realtime": ("mossvl.cli.realtime", "Stream a video or a camera into a realtime session."),
 }
 
 

@@ -49,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument("--max-frames", type=int, default=256, help="video frames per request (default 256)")
     limits.add_argument("--fetch-timeout", type=float, default=20.0, help="remote media fetch timeout (s)")
+    realtime = parser.add_argument_group("realtime (WS /v1/video/realtime and /v1/realtime)")
+    realtime.add_argument("--max-sessions", type=int, default=4, help="live realtime sessions (default 4)")
+    realtime.add_argument("--max-frame-bytes", type=int, default=20 << 20, help="per frame (default 20 MiB)")
+    realtime.add_argument(
+        "--visual-window",
+        type=float,
+        default=60.0,
+        help="seconds of frames kept in a session's vision memory",
+    )
     common.add_model_arguments(parser)
 
 
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.engine import Engine
     from ..serving.app import ServerConfig, create_app
     from ..serving.media import MediaPolicy
+    from ..serving.realtime_ws import RealtimeServiceConfig
 
     if args.allowed_local_media_path is not None and not args.allowed_local_media_path.is_dir():
         raise SystemExit(
@@ -83,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
             max_media_bytes=args.max_media_bytes,
             fetch_timeout=args.fetch_timeout,
             max_frames=args.max_frames,
+        ),
+        realtime=RealtimeServiceConfig(
+            max_sessions=args.max_sessions,
+            max_frame_bytes=args.max_frame_bytes,
+            visual_window=args.visual_window,
+            allowed_local_dir=args.allowed_local_media_path,
         ),
     )
     print(f"mossvl serve: model '{name}' on http://{args.host}:{args.port}/v1", flush=True)

@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 from ..checkpoint import resolve_folder
 from ..constants import ERROR_PREFIX
 from ..errors import CheckpointError, ConfigError, QueryError
+from ..quantization import adapt_quantized_model, check_quantized_checkpoint
 from .engine import engine_for
 from .session import Session
 
@@ -75,6 +76,7 @@ def load(
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"checkpoint folder {str(folder)!r} has no config.json")
     device = resolve_device(device)
+    check_quantized_checkpoint(folder, device)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -93,6 +95,7 @@ def load(
         model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise ConfigError(f"cannot move the model to device {str(device)!r}: {exc}") from exc
+    model = adapt_quantized_model(model, device)
     processor = MossVLProcessor.from_pretrained(str(folder))
     return model.eval(), processor
 

@@ -48,6 +48,8 @@ from .sampling import RowSampler, select_next_tokens
 
 # Shorter shared starts are recomputed: copying them would not pay for the bookkeeping.
 MIN_SHARED_TOKENS = 8
+# Longest nap of an engine whose decoding requests are all ahead of their pace (new requests wait this long).
+PACING_SLEEP = 0.02
 
 
 class CapacityError(MossVLError):
@@ -226,7 +228,12 @@ class EngineCore:
                 self._prefill_unit(self.prefilling[0])
                 self._admit()
         if self.decoding:
-            self._decode_step()
+            now = time.monotonic()
+            due = [self._next_due(active) for active in self.decoding]
+            if min(due) <= now:
+                self._decode_step(due, now)
+            elif not self.prefilling and not self.waiting:
+                time.sleep(min(min(due) - now, PACING_SLEEP))  # every decoding request is ahead of its pace
 
     def idle(self) -> None:
         """Shrink the pool to the idle sequences it still holds (all of it is freed when none is left)."""
@@ -332,7 +339,7 @@ class EngineCore:
             end_position=end_position,
             max_new_tokens=min(settings.max_new_tokens, room),
             sampler=RowSampler(settings, self.pool.device),
-            stream=TextStream(self.tokenizer, settings.stop),
+            stream=TextStream(self.tokenizer, settings.stop, settings.skip_special_tokens),
             result=result,
             source=source,
             skip_tokens=skip_tokens,
@@ -529,7 +536,17 @@ class EngineCore:
 
     # ----- decode --------------------------------------------------------------------------------------------
 
-    def _decode_step(self) -> None:
+    @staticmethod
+    def _next_due(active: _Active) -> float:
+        """When a request's next token may be produced (0: now; paced requests wait for their rate)."""
+        rate = active.request.max_tokens_per_second
+        if not rate or active.result.first_token_time is None:
+            return 0.0
+        return active.result.first_token_time + len(active.generated) / rate
+
+    def _decode_step(self, due: list[float], now: float) -> None:
+        """One token for every decoding request whose turn it is. All rows are computed together; a paced row
+        that is not due gets its step undone (its entry is rewritten, identically, when it is)."""
         batch = len(self.decoding)
         tokens = [active.generated[-1] for active in self.decoding]
         try:
@@ -544,11 +561,16 @@ class EngineCore:
                 active.sequence.alive = False
                 self._finish(active, FINISH_ERROR, exc)
             return
-        for active, token in zip(self.decoding, tokens, strict=True):
-            active.sequence.tokens.append(token)
-            active.sequence.next_position += 1
-        choices = self._sample(self.decoding, logits)
-        for active, token in zip(list(self.decoding), choices, strict=True):
+        ready = [index for index in range(batch) if due[index] <= now]
+        for index, (active, token) in enumerate(zip(self.decoding, tokens, strict=True)):
+            if due[index] <= now:
+                active.sequence.tokens.append(token)
+                active.sequence.next_position += 1
+            else:
+                self.pool.text_len[active.sequence.row] -= 1
+        actives = [self.decoding[index] for index in ready]
+        choices = self._sample(actives, logits[ready])
+        for active, token in zip(actives, choices, strict=True):
             self._accept(active, token)
 
     def _sample(self, actives: list[_Active], logits: torch.Tensor) -> list[int]:

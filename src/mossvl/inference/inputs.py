@@ -103,7 +103,7 @@ class InputProcessor:
         else:
             planned = self.processor.plan(text, list(images), list(videos), **media_kwargs)
             ids = planned.input_ids[0].tolist()
-            media = [self._media_input(item) for item in planned.media[0]]
+            media = [self.media_input(item) for item in planned.media[0]]
         vision_tokens = sum(
             t * (h * w // self.merge_size**2 + 1) for t, h, w in (item.grid_thw for item in media)
         )
@@ -116,7 +116,8 @@ class InputProcessor:
             vision_tokens=vision_tokens,
         )
 
-    def _media_input(self, item) -> MediaInput:
+    def media_input(self, item) -> MediaInput:
+        """A planned media item for the engine: its cached vision features, else its pixels (loaded now)."""
         features = self.media_cache.get(item.key)
         pixels = None if features is not None else item.load()
         return MediaInput(item.grid_thw, item.key, features, pixels, item.timestamps)

@@ -4,9 +4,11 @@ engines, sessions and queues: ``model.offline_generate(processor, ...)`` and fri
 from __future__ import annotations
 
 from ..model.modeling import MossVLForConditionalGeneration
-from . import offline
+from . import offline, realtime
 
 OFFICIAL_METHODS = {
+    "create_realtime_session": realtime.create_realtime_session,
+    "online_generate": realtime.online_generate,
     "offline_generate": offline.offline_generate,
     "offline_batch_generate": offline.offline_batch_generate,
     "offline_image_generate": offline.offline_image_generate,

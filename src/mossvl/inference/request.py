@@ -58,7 +58,8 @@ class PreparedRequest:
 
     ``input_ids``: the tokens to feed (for a continuation, only the new ones); ``media``: the media whose
     ``<|image_pad|>`` tokens are among them, in text order. ``sequence``: continue that sequence's KV instead of
-    starting a new one; ``keep_sequence``: keep the KV after the answer (sessions, realtime). ``vision_tokens``: vision-memory entries the media add (tokens + one separator per
+    starting a new one; ``keep_sequence``: keep the KV after the answer (sessions, realtime).
+    ``max_tokens_per_second`` paces the answer (realtime streams) instead of generating as fast as possible. ``vision_tokens``: vision-memory entries the media add (tokens + one separator per
     frame).
     """
 
@@ -70,6 +71,7 @@ class PreparedRequest:
     request_id: str = field(default_factory=new_request_id)
     sequence: Any = None
     keep_sequence: bool = False
+    max_tokens_per_second: float | None = None
     vision_tokens: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
 

@@ -42,7 +42,8 @@ _FROM_GENERATION_CONFIG = (
 class GenerationSettings:
     """How one request is decoded. ``temperature <= 0`` or ``do_sample=False`` means greedy decoding.
 
-    ``stop`` strings cut the text (the cut text is never streamed); ``stop_token_ids`` end the answer like EOS.
+    ``stop`` strings cut the text (the cut text is never streamed); ``stop_token_ids`` end the answer like EOS;
+    ``skip_special_tokens`` False keeps control tokens in the text (raw realtime output).
     """
 
     max_new_tokens: int = GENERATE_DEFAULTS["max_new_tokens"]
@@ -53,6 +54,7 @@ class GenerationSettings:
     repetition_penalty: float = GENERATE_DEFAULTS["repetition_penalty"]
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    skip_special_tokens: bool = True
     seed: int | None = None
 
     @property
@@ -137,6 +139,7 @@ class GenerationSettings:
                 self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
                 "an int or None",
             ),
+            ("skip_special_tokens", isinstance(self.skip_special_tokens, bool), "a bool"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -18,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import MossVLError, QueryError
+from ..errors import MossVLError
 from ..processing.conversation import Conversation
+from ..processing.prompt import continuation_text
 from .engine import Engine
 from .handle import RequestHandle
 from .request import PreparedRequest, Result
-
-_ANSWER_MARK = "\x00mossvl-answer\x00"
 
 
 class Session:
@@ -80,31 +79,21 @@ class Session:
         return self.engine.submit(request), conversation.messages
 
     def _continuation(self, conversation: Conversation, settings: dict, media: dict) -> PreparedRequest:
-        new_messages = conversation.messages
-        render = self.engine.processor.render
-        answer = self.messages[-1]
-        before = render(self.messages, add_generation_prompt=False)
-        full = render(self.messages + new_messages)
-        marked = render(
-            [*self.messages[:-1], {**answer, "content": [{"type": "text", "text": _ANSWER_MARK}]}], False
-        )
-        if not full.startswith(before) or _ANSWER_MARK not in marked:
-            raise QueryError(
-                "the chat template does not render a conversation as a continuation of its turns"
-            )
-        closing = marked.split(_ANSWER_MARK, 1)[1]
+        template = self.engine.processor.chat_template
+        text = continuation_text(template, self.messages, conversation.messages)
         pending = [] if self._last_token is None else [self._last_token]
         request = self.engine.inputs.encode(
-            closing + full[len(before) :],
+            text,
             conversation.images,
             conversation.videos,
             media,
             self.engine.inputs.settings(settings, conversation.generate_kwargs),
-            self.messages + new_messages,
+            self.messages + conversation.messages,
             prefix_ids=pending,
         )
         request.sequence = self._sequence
-        request.input_text = full  # the whole conversation's prompt, as a re-prefill would render it
+        # The whole conversation's prompt, as a re-prefill would render it.
+        request.input_text = self.engine.processor.render(self.messages + conversation.messages)
         return request
 
     def record(self, result: Result, new_messages: list[dict]) -> None:

@@ -256,11 +256,14 @@ class MossVLCrossAttentionDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         if cross is None:
             return hidden
+        # When no token sees a frame the layer is an exact identity and is skipped; training still runs it (the row
+        # mask zeroes it), so that data-parallel ranks always compute gradients for the same weights.
+        skip = not cross.sees_vision and not self.training
         stores_memory = cross.states is not None and cache is not None
-        if not cross.sees_vision and not stores_memory:
-            return hidden  # no token sees a frame: the layer is an exact identity
+        if skip and not stores_memory:
+            return hidden
         keys, values = self._memory(cross, cache)
-        if not cross.sees_vision:
+        if skip:
             return hidden
         attended = self.cross_attn(
             self.input_layernorm(hidden), cos, sin, cross.rotate_query, keys, values, cross.mask

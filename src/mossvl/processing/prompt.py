@@ -20,6 +20,7 @@ from mossvl.errors import ConfigError
 
 PLACEHOLDER_RE = re.compile(re.escape(C.IMAGE_PLACEHOLDER) + "|" + re.escape(C.VIDEO_PLACEHOLDER))
 DEFAULT_CHAT_TEMPLATE_FILE = Path(__file__).resolve().parent.parent / "assets" / "chat_template.jinja"
+_MARK = "\x00mossvl-content\x00"
 
 
 @cache
@@ -72,8 +73,32 @@ def assistant_spans(template: str, messages: list[dict[str, Any]]) -> list[tuple
     return spans
 
 
+def continuation_text(
+    template: str, messages: list[dict[str, Any]], new_messages: list[dict[str, Any]]
+) -> str:
+    """What the template writes after the content of the final (assistant) message of ``messages`` when
+    ``new_messages`` follow: that message's end-of-turn text, the new messages, the generation prompt. A cached
+    conversation continues with exactly this text."""
+    final = messages[-1]
+    before = render_chat(template, messages, add_generation_prompt=False)
+    full = render_chat(template, messages + new_messages)
+    marked = render_chat(
+        template, [*messages[:-1], {**final, "content": [{"type": "text", "text": _MARK}]}], False
+    )
+    if not full.startswith(before) or _MARK not in marked:
+        raise ConfigError(
+            "the chat template does not render a conversation as a continuation of its first turns"
+        )
+    return marked.split(_MARK, 1)[1] + full[len(before) :]
+
+
 def video_prompt(timestamps: list[float]) -> str:
     """`<|video|>` expansion: vision_start + per frame `<|time_start|>{t:.1f} seconds<|time_end|><|image_pad|>`
     + vision_end."""
     frames = "".join(f"{C.TIME_START}{t:.1f} seconds{C.TIME_END}{C.IMAGE_PAD}" for t in timestamps)
     return f"{C.VISION_START}{frames}{C.VISION_END}"
+
+
+def realtime_frame_prompt(timestamp: float) -> str:
+    """One streamed frame: its own vision region with its timestamp, ``<|image_pad|>`` standing for the frame."""
+    return f"{C.VISION_START}{C.TIME_START}{timestamp:.1f} seconds{C.TIME_END}{C.IMAGE_PAD}{C.VISION_END}"

@@ -546,3 +546,35 @@ class MossVLVideoProcessor(VideoProcessorMixin):
 
     def __call__(self, videos: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(videos, **kwargs)
+
+
+def stream_frames(path: str | Path, sample_fps: float, max_frames: int | None = None):
+    """Decode a video front to back and yield ``(rgb uint8 array (H, W, 3), seconds)`` about ``sample_fps`` times
+    per second of video (a live stream's frames), at most ``max_frames`` of them."""
+    if sample_fps <= 0:
+        raise QueryError(f"sample_fps must be > 0, got {sample_fps}")
+    path = _check_path(str(path))
+    next_time, sent = 0.0, 0
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        first = None
+        try:
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                first = frame.time if first is None else first
+                seconds = frame.time - first
+                if seconds + 1e-6 < next_time:
+                    continue
+                yield frame.to_ndarray(format="rgb24"), seconds
+                sent += 1
+                while (
+                    next_time <= seconds + 1e-6
+                ):  # on a fixed 1 / sample_fps grid, so the rate does not drift
+                    next_time += 1.0 / sample_fps
+                if max_frames is not None and sent >= max_frames:
+                    return
+        except av.FFmpegError as err:
+            raise MediaError(f"cannot decode video {path}: {err}") from err

@@ -1,7 +1,7 @@
 """The HTTP server: an OpenAI-compatible FastAPI app over one engine (``create_app``).
 
 Endpoints: ``POST /v1/chat/completions`` (streamed as server-sent events or not), ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus). Every error is ``{"error": {...}}`` with its status: 400 bad request
+``GET /health``, ``GET /metrics`` (Prometheus), and the realtime WebSockets of ``realtime_ws``. Every error is ``{"error": {...}}`` with its status: 400 bad request
 or media, 401 missing or wrong key, 404 unknown model, 413 too large, 503 queue full, 500 internal. A client that
 disconnects cancels its request at the engine's next step; nothing a request does can stop the server.
 """
@@ -37,6 +37,7 @@ from .protocol import (
     parse_chat_request,
     usage_chunk_body,
 )
+from .realtime_ws import RealtimeServiceConfig, add_realtime_routes
 
 DISCONNECT_POLL_SECONDS = 0.1
 
@@ -50,6 +51,7 @@ class ServerConfig:
     max_request_bytes: int = 100 << 20
     shutdown_grace_seconds: float = 30.0
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    realtime: RealtimeServiceConfig = field(default_factory=RealtimeServiceConfig)
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
@@ -65,6 +67,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="mossvl", lifespan=lifespan)
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
+    add_realtime_routes(app, engine, config.realtime, config.api_key)
 
     def count(status: int, request: Request) -> None:
         if request.url.path == "/v1/chat/completions":

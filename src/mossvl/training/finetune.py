@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 import transformers
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from transformers import HfArgumentParser, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -147,6 +149,20 @@ def set_use_cache(config, value: bool) -> None:
     config.get_text_config().use_cache = value
 
 
+def allow_fsdp_on_cpu(training_args: TrainingArguments) -> None:
+    """Let an FSDP launch (an accelerate FSDP config, or ``--fsdp``) shard the model over CPU processes too.
+
+    accelerate turns FSDP on only for accelerator process groups and silently trains with DDP over CPU (gloo) ones,
+    although FSDP2 itself runs there. Labelling the CPU group a GPU one before the Trainer builds its Accelerator takes
+    accelerate's FSDP path, and the device stays the CPU. This is what lets multi-process FSDP runs (saving and
+    resuming included) be tested without GPUs; on GPUs it does nothing.
+    """
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    _ = training_args.device  # creates the process group and accelerate's shared state
+    if fsdp and PartialState().distributed_type == DistributedType.MULTI_CPU:
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+
+
 def prepare_training_args(training_args: TrainingArguments) -> None:
     # Vision states feed every checkpointed cross-attention layer, which reentrant checkpointing cannot handle.
     kwargs = dict(training_args.activation_checkpointing_kwargs or {})
@@ -186,6 +202,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
 
+    allow_fsdp_on_cpu(training_args)
     trainer = Trainer(
         model=model,
         args=training_args,
