@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LATEST := .venv-latest
 
-.PHONY: setup demo test test-all test-latest lint bench demo-model
+.PHONY: setup demo demo-realtime test test-all test-latest lint demo-model demo-realtime-model
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mossvl.demo
+
+# Stream the bundled clip through a realtime session of the realtime demo model, in real time (6 s).
+demo-realtime: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/mossvl realtime --source video --video src/mossvl/assets/samples/stream.mp4 \
+		--sample-fps 2 --prompt "Tell me when a red shape appears." --show-silence
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -45,3 +50,8 @@ lint: $(STAMP)
 # Retrain the shipped demo model from scratch on the CPU (~25 min), then evaluate it (docs/demo_model_eval.md).
 demo-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/make_demo_model.py
+
+# Retrain the shipped realtime demo model from the demo model on the CPU (<30 min), then evaluate it
+# (docs/demo_realtime_model_eval.md).
+demo-realtime-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/make_demo_realtime_model.py

@@ -48,6 +48,11 @@ ERROR_PREFIX = "[ERROR] "
 
 IGNORE_INDEX = -100
 
+# The system prompt of realtime sessions started by `mossvl realtime`, and of the realtime demo model's training data.
+REALTIME_SYSTEM_PROMPT = (
+    "You watch a live video frame by frame. When nothing relevant has happened, answer <|silence|>."
+)
+
 # Default system prompts of the official offline API (used only when a query asks for them).
 DEFAULT_SYSTEM_PROMPTS = {
     "text_image": (

@@ -1,11 +1,13 @@
-"""`mossvl eval`: answer a question set with a model and write the accuracy table, predictions and plot."""
+"""`mossvl eval`: answer a question set with a model and write the accuracy table, predictions and plot; or, with
+``--streams``, play realtime streams through sessions and write the detection table (recall, precision, delay,
+false alarms) and plot."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import add_model_arguments
+from .common import add_model_arguments, load_from_args
 
 
 def _positive_int(text: str) -> int:
@@ -21,6 +23,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="question set, JSON list or JSONL (default: the bundled sample questions)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=Path,
+        default=None,
+        help="realtime stream set, JSON list or JSONL (mossvl.data.synthetic_streams); default model: the realtime "
+        "demo model",
+    )
+    parser.add_argument(
+        "--tolerance-frames",
+        type=int,
+        default=2,
+        help="--streams: a reply up to this many frames after an event detects it (default 2)",
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=8, help="--streams: sessions at a time (default 8)"
     )
     parser.add_argument(
         "--output", type=Path, default=Path("outputs/eval"), help="report folder (default outputs/eval)"
@@ -39,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.streams is not None:
+        if args.questions is not None:
+            raise SystemExit("mossvl eval: give --questions or --streams, not both")
+        return run_streams(args)
     import mossvl
     from mossvl.data.synthetic import SAMPLES_DIR
     from mossvl.evaluation import evaluate, load_questions
@@ -61,6 +83,30 @@ def run(args: argparse.Namespace) -> int:
         )
 
     report = evaluate(questions, answer, batch_size=args.batch_size, progress=not args.quiet)
+    paths = report.write(args.output)
+    print(report.to_markdown(), end="")
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    from mossvl.evaluation.streams import evaluate_streams, load_streams, session_player
+    from mossvl.inference.api import demo_realtime_model_dir
+    from mossvl.inference.engine import engine_for
+
+    if args.tolerance_frames < 0:
+        raise SystemExit(f"mossvl eval: --tolerance-frames must be >= 0, got {args.tolerance_frames}")
+    cases = load_streams(args.streams)
+    if args.limit is not None:
+        cases = cases[: args.limit]
+    if args.checkpoint is None:
+        args.checkpoint = str(demo_realtime_model_dir())
+    model, processor = load_from_args(args)
+    engine = engine_for(model, processor)
+    player = session_player(engine, max_new_tokens=args.max_new_tokens)
+    report = evaluate_streams(
+        cases, player, args.tolerance_frames, concurrency=args.concurrency, progress=not args.quiet
+    )
     paths = report.write(args.output)
     print(report.to_markdown(), end="")
     print("wrote " + ", ".join(str(path) for path in paths.values()))

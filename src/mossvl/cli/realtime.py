@@ -3,8 +3,9 @@ says, and when (media-clock seconds), as the official realtime CLI does.
 
 Sources: ``video`` (decoded and paced to its media clock; ``--playback-speed`` 2 is twice as fast, 0 no pacing),
 ``synthetic`` (a red box moving across a 640x360 frame) and ``camera`` (OpenCV, ``pip install mossvl[camera]``).
-Control tokens are hidden unless ``--raw-output``; ``--show-silence`` prints ``[silence]``. The HTTP server
-(``mossvl serve``) offers the same sessions over WebSockets.
+Control tokens are hidden unless ``--raw-output``; ``--show-silence`` prints ``[silence]``. Without ``--model``
+the shipped realtime demo model runs (trained on 64x64 synthetic streams: try ``make demo-realtime``). The HTTP
+server (``mossvl serve``) offers the same sessions over WebSockets.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import REALTIME_SYSTEM_PROMPT
 from . import common
 
 DEFAULT_PROMPT = "What happens in the video? Describe each change as soon as you can see it; stay silent while nothing happens."
-DEFAULT_SYSTEM_PROMPT = (
-    "You watch a live video frame by frame. When nothing relevant has happened, answer <|silence|>."
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dry-run", action="store_true", help="only run the source (no model)")
     session = parser.add_argument_group("session")
     session.add_argument("--prompt", default=DEFAULT_PROMPT)
-    session.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT)
+    session.add_argument("--system-prompt", default=REALTIME_SYSTEM_PROMPT)
     session.add_argument(
         "--prompt-frame-first", action="store_true", help="send the prompt with the first frame"
     )
@@ -149,6 +148,7 @@ class Printer:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.api import demo_realtime_model_dir
     from ..inference.engine import engine_for
     from ..inference.realtime import RealtimeConfig, RealtimeSession
 
@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         count = sum(1 for _ in frames)
         print(f"mossvl realtime: source {args.source} produced {count} frames")
         return 0
+    if args.checkpoint is None:
+        args.checkpoint = str(demo_realtime_model_dir())
     model, processor = common.load_from_args(args)
     config = RealtimeConfig(
         initial_prompt=None if args.prompt_frame_first else args.prompt,

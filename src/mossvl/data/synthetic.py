@@ -28,7 +28,7 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
@@ -193,7 +193,12 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
 def render(scene: ImageScene) -> np.ndarray:
     """RGB pixels (H, W, 3) uint8 of a scene."""
     canvas = np.full((scene.height, scene.width, 3), scene.background, dtype=np.uint8)
-    for s in scene.shapes:
+    return draw_shapes(canvas, scene.shapes)
+
+
+def draw_shapes(canvas: np.ndarray, shapes: Sequence[Shape]) -> np.ndarray:
+    """Draw `shapes` onto RGB `canvas` in order (in place) and return it."""
+    for s in shapes:
         canvas[s.y : s.y + s.size, s.x : s.x + s.size][shape_mask(s.shape, s.size)] = COLORS[s.color]
     return canvas
 
@@ -204,14 +209,22 @@ def write_image(scene: ImageScene, path: str | os.PathLike) -> None:
 
 def write_video(scene: VideoScene, path: str | os.PathLike) -> None:
     """Encode the scene as H.264 yuv420p MP4 at its exact (possibly fractional) frame rate, one frame per pts tick."""
+    frames = (render(scene.frame(index)) for index in range(scene.num_frames))
+    write_frames(frames, scene.fps, scene.width, scene.height, path)
+
+
+def write_frames(
+    frames: Iterable[np.ndarray], fps: Fraction | int, width: int, height: int, path: str | os.PathLike
+) -> None:
+    """Encode RGB frames (H, W, 3) uint8 as H.264 yuv420p MP4 at `fps`, one frame per pts tick."""
     with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=scene.fps)
-        stream.width, stream.height, stream.pix_fmt = scene.width, scene.height, "yuv420p"
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # One encoder thread keeps the output byte-for-byte reproducible and leaves the cores to the caller.
         stream.codec_context.thread_count = 1
         stream.options = {"preset": "ultrafast", "crf": "18"}
-        for index in range(scene.num_frames):
-            frame = av.VideoFrame.from_ndarray(render(scene.frame(index)), format="rgb24")
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
@@ -239,7 +252,8 @@ class Sample:
         return isinstance(self.scene, VideoScene)
 
 
-def _pick(rng: np.random.Generator, options: Sequence):
+def pick(rng: np.random.Generator, options: Sequence):
+    """One of `options`, drawn uniformly."""
     return options[int(rng.integers(len(options)))]
 
 
@@ -248,7 +262,7 @@ def _background(rng: np.random.Generator) -> int:
 
 
 def _question(rng: np.random.Generator, task: str, **names: str) -> str:
-    return _pick(rng, _TEMPLATES[task]).format(**names)
+    return pick(rng, _TEMPLATES[task]).format(**names)
 
 
 def _two_colors(rng: np.random.Generator) -> tuple[str, str]:
@@ -264,7 +278,7 @@ def _separate(boxes: list[tuple[int, int, int]], x: int, y: int, size: int, gap:
     )
 
 
-def _place(rng: np.random.Generator, sizes: list[int], width: int, height: int) -> list[tuple[int, int]]:
+def place_boxes(rng: np.random.Generator, sizes: list[int], width: int, height: int) -> list[tuple[int, int]]:
     """Top-left corners for boxes of `sizes` that keep a gap between each other (rejection sampling)."""
     while True:
         boxes: list[tuple[int, int, int]] = []
@@ -283,7 +297,7 @@ def _place(rng: np.random.Generator, sizes: list[int], width: int, height: int) 
 def _single_shape_image(rng: np.random.Generator) -> ImageScene:
     size = int(rng.integers(20, 33))
     x, y = int(rng.integers(2, 64 - size - 1)), int(rng.integers(2, 64 - size - 1))
-    shape = Shape(_pick(rng, list(COLORS)), _pick(rng, SHAPES), size, x, y)
+    shape = Shape(pick(rng, list(COLORS)), pick(rng, SHAPES), size, x, y)
     return ImageScene(64, 64, _background(rng), (shape,))
 
 
@@ -300,9 +314,9 @@ def make_shape(rng: np.random.Generator) -> Sample:
 def make_count(rng: np.random.Generator) -> Sample:
     count = int(rng.integers(1, 5))
     sizes = [int(rng.integers(14, 21)) for _ in range(count)]
-    corners = _place(rng, sizes, 96, 96)
+    corners = place_boxes(rng, sizes, 96, 96)
     shapes = tuple(
-        Shape(_pick(rng, list(COLORS)), _pick(rng, SHAPES), size, x, y)
+        Shape(pick(rng, list(COLORS)), pick(rng, SHAPES), size, x, y)
         for size, (x, y) in zip(sizes, corners, strict=True)
     )
     return Sample("count", _question(rng, "count"), str(count), ImageScene(96, 96, _background(rng), shapes))
@@ -312,7 +326,7 @@ _RELATIONS = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1
 
 
 def make_position(rng: np.random.Generator) -> Sample:
-    relation = _pick(rng, list(_RELATIONS))
+    relation = pick(rng, list(_RELATIONS))
     axis, sign = _RELATIONS[relation]
     sizes = [int(rng.integers(16, 23)) for _ in range(2)]
     # Along the asked axis the shapes sit in opposite thirds; across it they stay within 12 px, so one relation wins.
@@ -320,7 +334,7 @@ def make_position(rng: np.random.Generator) -> Sample:
     main = (near, far) if sign < 0 else (far, near)
     base = int(rng.integers(10, 96 - max(sizes) - 10))
     cross = (base, int(np.clip(base + rng.integers(-6, 7), 2, 96 - max(sizes) - 2)))
-    colors, kinds = _two_colors(rng), (_pick(rng, SHAPES), _pick(rng, SHAPES))
+    colors, kinds = _two_colors(rng), (pick(rng, SHAPES), pick(rng, SHAPES))
     shapes = []
     for i in range(2):
         x, y = (cross[i], main[i]) if axis == 1 else (main[i], cross[i])
@@ -330,8 +344,8 @@ def make_position(rng: np.random.Generator) -> Sample:
 
 
 def _clip(rng: np.random.Generator) -> tuple[Fraction, int, list[int], list[float]]:
-    fps = _pick(rng, VIDEO_FRAME_RATES)
-    num_frames = round(_pick(rng, VIDEO_SECONDS) * fps)
+    fps = pick(rng, VIDEO_FRAME_RATES)
+    num_frames = round(pick(rng, VIDEO_SECONDS) * fps)
     indices, times = sampled_frames(num_frames, fps)
     return fps, num_frames, indices, times
 
@@ -346,12 +360,12 @@ def _random_track(
     size = int(rng.integers(14, 19))
     if corner is None:
         corner = (int(rng.integers(2, VIDEO_SIZE - size - 1)), int(rng.integers(2, VIDEO_SIZE - size - 1)))
-    return Track(color or _pick(rng, list(COLORS)), _pick(rng, SHAPES), size, corner)
+    return Track(color or pick(rng, list(COLORS)), pick(rng, SHAPES), size, corner)
 
 
 def make_event(rng: np.random.Generator) -> Sample:
     fps, num_frames, indices, _ = _clip(rng)
-    event = _pick(rng, ("appears", "moves", "vanishes"))
+    event = pick(rng, ("appears", "moves", "vanishes"))
     track = _random_track(rng)
     if event == "appears":
         track = replace(track, appear=indices[int(rng.integers(1, len(indices)))])
@@ -360,7 +374,7 @@ def make_event(rng: np.random.Generator) -> Sample:
     else:
         first = int(rng.integers(0, len(indices) - 1))
         last = int(rng.integers(first + 1, len(indices)))
-        track = _moving(rng, track, _pick(rng, list(_DIRECTIONS)), indices[first], indices[last])
+        track = _moving(rng, track, pick(rng, list(_DIRECTIONS)), indices[first], indices[last])
     question = _question(rng, "event", a=track.name)
     return Sample("event", question, event, _video(rng, fps, num_frames, [track]))
 
@@ -369,7 +383,7 @@ def make_order(rng: np.random.Generator) -> Sample:
     fps, num_frames, indices, _ = _clip(rng)
     first, second = sorted(rng.choice(len(indices), size=2, replace=False).tolist())
     size = 18
-    corners = _place(rng, [size, size], VIDEO_SIZE, VIDEO_SIZE)
+    corners = place_boxes(rng, [size, size], VIDEO_SIZE, VIDEO_SIZE)
     colors = _two_colors(rng)
     tracks = [_random_track(rng, colors[i], corners[i]) for i in range(2)]
     tracks = [replace(t, appear=indices[k]) for t, k in zip(tracks, (first, second), strict=True)]
@@ -398,7 +412,7 @@ def _moving(rng: np.random.Generator, track: Track, direction: str, move_start: 
 
 def make_direction(rng: np.random.Generator) -> Sample:
     fps, num_frames, _, _ = _clip(rng)
-    direction = _pick(rng, list(_DIRECTIONS))
+    direction = pick(rng, list(_DIRECTIONS))
     track = _moving(rng, _random_track(rng), direction, 0, num_frames - 1)
     question = _question(rng, "direction", a=track.name)
     return Sample("direction", question, direction, _video(rng, fps, num_frames, [track]))
@@ -406,7 +420,7 @@ def make_direction(rng: np.random.Generator) -> Sample:
 
 def make_temporal(rng: np.random.Generator) -> Sample:
     fps, num_frames, indices, times = _clip(rng)
-    verb = _pick(rng, ("appear", "vanish"))
+    verb = pick(rng, ("appear", "vanish"))
     k = int(rng.integers(1, len(indices)))
     track = _random_track(rng)
     track = replace(track, appear=indices[k]) if verb == "appear" else replace(track, vanish=indices[k])

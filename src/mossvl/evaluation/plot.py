@@ -1,4 +1,5 @@
-"""PNG figure of an evaluation: accuracy per task with chance markers, and predicted vs true time for temporal tasks."""
+"""PNG figures of evaluations: accuracy per task with chance markers and predicted vs true time for temporal tasks;
+for realtime streams, detection per task against chance and the response delays."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .scoring import TEMPORAL_TOLERANCE
 
 if TYPE_CHECKING:
     from .report import EvalReport
+    from .streams import StreamReport
 
 
 def plot_report(report: EvalReport, path: str | os.PathLike) -> None:
@@ -63,4 +65,42 @@ def plot_report(report: EvalReport, path: str | os.PathLike) -> None:
         unparsed = len(timed) - len(parsed)
         scatter.set_title(f"temporal grounding (n={len(timed)}, unparsed {unparsed})")
         scatter.legend(loc="upper left", fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def plot_stream_report(report: StreamReport, path: str | os.PathLike) -> None:
+    """Save the realtime figure: recall, precision and false alarms per task (chance as lines), and delays."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    bars, delays = figure.subplots(1, 2)
+    tasks = report.per_task()
+    names = list(tasks)
+    series = [
+        ("recall", "#4c72b0", "recall"),
+        ("precision", "#55a868", "precision"),
+        ("false_alarm_rate", "#c44e52", "false alarms (event-free streams)"),
+    ]
+    width = 0.8 / len(series)
+    for k, (key, color, label) in enumerate(series):
+        values = [100 * (getattr(tasks[name], key) or 0.0) for name in names]
+        xs = [i + (k - 1) * width for i in range(len(names))]
+        bars.bar(xs, values, width, color=color, label=label)
+        chance = report.chance.get(key)
+        if chance is not None:
+            bars.axhline(100 * chance, color=color, linestyle=":", linewidth=1.2)
+    bars.set_xticks(range(len(names)), names)
+    bars.set_ylim(0, 115)
+    bars.set_ylabel("%")
+    overall = report.overall
+    bars.set_title(f"per task (n={overall.streams} streams; dotted: chance)", fontsize="medium")
+    bars.legend(loc="upper center", ncols=3, fontsize="small")
+
+    found = [d for r in report.results for d in r.delays_frames]
+    missed = overall.events - overall.detected
+    labels = [f"{d}" for d in range(report.tolerance + 1)] + ["missed"]
+    counts = [found.count(d) for d in range(report.tolerance + 1)] + [missed]
+    delays.bar(labels, counts, color=["#4c72b0"] * (report.tolerance + 1) + ["#c44e52"])
+    delays.set_xlabel("frames from the event's first visible frame to the reply")
+    delays.set_ylabel("events")
+    delays.set_title(f"response delay ({overall.events} events)", fontsize="medium")
     figure.savefig(path, dpi=100)

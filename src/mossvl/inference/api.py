@@ -26,6 +26,11 @@ def demo_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "demo_model"
 
 
+def demo_realtime_model_dir() -> Path:
+    """Folder of the small realtime demo model shipped with the package (fine-tuned from the demo model)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "demo_realtime_model"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch device; ``"auto"`` is CUDA when available, else the CPU."""
     if device == "auto":

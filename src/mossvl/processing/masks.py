@@ -29,12 +29,15 @@ def assistant_labels(
     spans: list[list[tuple[int, int]]],
     ignored_token_ids: list[int],
     vision_span: tuple[int, int],
+    silence_token_id: int | None = None,
 ) -> torch.Tensor:
     """Labels (B, L): token ids inside assistant replies, IGNORE_INDEX elsewhere.
 
     `offsets` (B, L, 2) are the tokenizer's character offsets into the texts and `spans[b]` the character spans
     of sample b's assistant replies (end-of-turn text included). Padding, `ignored_token_ids` and every token from
-    `<|vision_start|>` through `<|vision_end|>` (`vision_span` ids) are always ignored.
+    `<|vision_start|>` through `<|vision_end|>` (`vision_span` ids) are ignored, with one exception: a
+    `<|vision_start|>` right after supervised reply text other than `<|silence|>` (`silence_token_id`) is supervised.
+    That is a realtime reply ending because the next frame comes; a realtime session stops generating there.
     """
     labels = torch.full_like(input_ids, C.IGNORE_INDEX)
     starts = offsets[..., 0]
@@ -46,4 +49,10 @@ def assistant_labels(
     depth = torch.cumsum((input_ids == vision_span[0]).long() - (input_ids == vision_span[1]).long(), dim=1)
     inside_vision = (depth > 0) | (input_ids == vision_span[1])
     ignored = torch.isin(input_ids, torch.tensor(ignored_token_ids)) | inside_vision | (attention_mask == 0)
-    return labels.masked_fill(ignored, C.IGNORE_INDEX)
+    labels = labels.masked_fill(ignored, C.IGNORE_INDEX)
+    previous = labels[:, :-1]
+    ends_reply = (input_ids[:, 1:] == vision_span[0]) & (previous != C.IGNORE_INDEX) & (attention_mask[:, 1:] == 1)
+    if silence_token_id is not None:
+        ends_reply &= previous != silence_token_id
+    labels[:, 1:][ends_reply] = input_ids[:, 1:][ends_reply]
+    return labels

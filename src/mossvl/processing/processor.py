@@ -445,6 +445,7 @@ class MossVLProcessor(ProcessorMixin):
                 spans,
                 ignored,
                 (self.vision_start_token_id, self.vision_end_token_id),
+                self.token_ids[C.SILENCE],
             )
         return planned
 
