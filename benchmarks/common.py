@@ -136,3 +136,69 @@ def peak_rss_mb() -> float:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+# The "mid" configuration of the roofline benchmark (issue 18): the shape the side-by-side comparison with the
+# official code used. Unlike ``mid_sizes`` it has the real 151,936-token vocabulary (so the LM head is a large
+# part of a decode step), 8 query / 4 KV heads of 128, cross-attention at [2, 6, 10] and an 8-block ViT.
+ROOFLINE_MID = {
+    "hidden": 1024,
+    "layers": 12,
+    "cross_layers": [2, 6, 10],
+    "heads": 8,
+    "kv_heads": 4,
+    "head_dim": 128,
+    "mrope_section": [24, 20, 20],
+    "intermediate": 3072,
+    "vocab": 151936,
+    "vision_hidden": 256,
+    "vision_depth": 8,
+    "vision_heads": 4,
+}
+
+
+def build_roofline_mid(
+    processor: MossVLProcessor, seed: int = 0, sizes: dict | None = None
+) -> MossVLForConditionalGeneration:
+    """The random ``ROOFLINE_MID`` MOSS-VL, or one of other ``sizes`` with the same keys (fp32, eval mode, cross
+    gates 0.5, never emits EOS)."""
+    torch.manual_seed(seed)
+    sizes = sizes or ROOFLINE_MID
+    config = MossVLConfig(
+        vision_config={
+            "depth": sizes["vision_depth"],
+            "hidden_size": sizes["vision_hidden"],
+            "intermediate_size": sizes["vision_hidden"] * 4,
+            "num_heads": sizes["vision_heads"],
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 1,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [1, 3, 5],
+            "out_hidden_size": sizes["hidden"],
+        },
+        text_config={
+            "vocab_size": sizes["vocab"],
+            "hidden_size": sizes["hidden"],
+            "intermediate_size": sizes["intermediate"],
+            "num_hidden_layers": sizes["layers"],
+            "num_attention_heads": sizes["heads"],
+            "num_key_value_heads": sizes["kv_heads"],
+            "head_dim": sizes["head_dim"],
+            "cross_attention_layers": sizes["cross_layers"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": sizes["mrope_section"],
+            },
+        },
+        attn_implementation="sdpa",
+        **token_ids(processor),
+    )
+    model = MossVLForConditionalGeneration(config).eval()
+    for layer in sizes["cross_layers"]:
+        block = model.model.language_model.layers[layer]
+        block.cross_attn_attn_gate.data.fill_(0.5)
+        block.cross_attn_mlp_gate.data.fill_(0.5)
+    model.generation_config.eos_token_id = [-1]
+    return model

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (trial runs)")
     parser.add_argument("--skip-train", action="store_true", help="reuse the trained checkpoint in work-dir")
-    parser.add_argument("--no-ship", action="store_true", help="evaluate the trained checkpoint, ship nothing")
+    parser.add_argument(
+        "--no-ship", action="store_true", help="evaluate the trained checkpoint, ship nothing"
+    )
     return parser.parse_args(argv)
 
 

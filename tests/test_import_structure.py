@@ -17,7 +17,18 @@ ALLOWED = {
     "evaluation": {"inference", "processing"},
     "quantization": {"model", "processing"},
     "serving": {"inference", "model", "processing"},
-    "cli": {"inference", "model", "processing", "training", "evaluation", "data", "serving", "quantization"},
+    "integrations": {"inference", "processing", "model"},
+    "cli": {
+        "inference",
+        "model",
+        "processing",
+        "training",
+        "evaluation",
+        "data",
+        "serving",
+        "quantization",
+        "integrations",
+    },
 }
 HELPERS = {"constants", "errors", "checkpoint"}
 

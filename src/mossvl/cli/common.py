@@ -43,6 +43,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_kv_cache_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "model", "int8"],
+        help="KV cache storage: auto (default: int8 if the checkpoint's generation_config asks for an 8-bit "
+        "quantized cache, else the model dtype), model (the model dtype), int8 (per-token scales: a quarter "
+        "of fp32's memory, half of bf16's)",
+    )
+
+
+def kv_cache_dtype_from_args(args: argparse.Namespace) -> str | None:
+    """``EngineConfig.kv_cache_dtype`` of ``--kv-cache-dtype`` (auto: None, the checkpoint's choice)."""
+    return None if args.kv_cache_dtype == "auto" else args.kv_cache_dtype
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "generation (defaults: the checkpoint's generation_config.json; a query's own generate_kwargs win)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Collection
 
 # Subcommand name -> module with `add_arguments(parser)` and `run(args) -> int`. Imported lazily so that
 # `mossvl --help` stays fast and one broken subcommand cannot break the others.
@@ -19,22 +20,34 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser(
+    commands: Collection[str] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    """The parser and the modules of ``commands`` (None: all). Every subcommand is listed, but only those of
+    ``commands`` get their arguments, so that ``mossvl --help`` and a CLI error import none of them."""
     parser = argparse.ArgumentParser(prog="mossvl", description="MOSS-VL video and image understanding.")
     parser.add_argument("--version", action="version", version=f"mossvl {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+        module = None
+        if commands is None or name in commands:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                continue
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        modules[name] = module
+        if module is not None:
+            module.add_arguments(sub)
+            modules[name] = module
     return parser, modules
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of a command line: its first positional argument (the top level has no option with a value)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def _version() -> str:
@@ -49,7 +62,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     from mossvl.errors import MossVLError
 
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, modules = build_parser([_command(argv)])
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args) or 0)

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--max-new-tokens", type=int, default=4096, help="allowance per input")
     session.add_argument("--frame-queue-size", type=int, default=256)
     session.add_argument("--visual-window", type=float, default=None, help="seconds of frames kept in memory")
+    common.add_kv_cache_argument(session)
     session.add_argument(
         "--drain-seconds", type=float, default=15.0, help="wait this long for output at the end"
     )
@@ -149,7 +150,8 @@ class Printer:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.api import demo_realtime_model_dir
-    from ..inference.engine import engine_for
+    from ..inference.core import EngineConfig
+    from ..inference.engine import Engine
     from ..inference.realtime import RealtimeConfig, RealtimeSession
 
     frames = paced(frames_of(args), args.playback_speed)
@@ -173,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         visual_window=args.visual_window,
     )
-    session = RealtimeSession(engine_for(model, processor), config)
+    engine = Engine(model, processor, EngineConfig(kv_cache_dtype=common.kv_cache_dtype_from_args(args)))
+    session = RealtimeSession(engine, config)
     printer = Printer(args.raw_output, args.show_silence)
     session.start()
     first = True

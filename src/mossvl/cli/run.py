@@ -4,6 +4,10 @@ Compatible with the reference `run_inference.py`: both query styles (`messages`,
 `videos`, plus training-style `conversations`), media paths relative to the input file, image / video media
 defaults merged per query, and the same output layout (`<input_stem>_results.json` by default). A failing query
 is recorded in its result (`error`) and the others still run; the exit status is 1 when any query failed.
+
+With `--ray` the queries (also `.parquet`) are answered by Ray workers (`mossvl.integrations.ray`) and written as
+JSON lines (`<input_stem>_results.jsonl` by default). Media settings are then those of `mossvl.chat`: the
+checkpoint's processor config, the media flags, each query's own (without the reference script's media defaults).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..constants import IMAGE_MEDIA_DEFAULTS, VIDEO_MEDIA_DEFAULTS
-from ..errors import MossVLError, QueryError
+from ..errors import ConfigError, MossVLError, QueryError
 from . import common
 
 MODES = ("offline", "image", "video", "batch")
@@ -46,6 +50,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_model_arguments(parser)
     common.add_generation_arguments(parser)
     common.add_media_arguments(parser)
+    group = parser.add_argument_group("Ray (needs: pip install 'mossvl[ray]')")
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help="answer on Ray workers and write JSON lines (input: .jsonl, .json or .parquet)",
+    )
+    group.add_argument(
+        "--num-workers", type=int, default=None, help="Ray workers, each loading the model once (default 1)"
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to use (auto: the one `ray start` runs here; HOST:6379); default: a new local Ray",
+    )
+    group.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Ray worker (default 1)")
+    group.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default 0)")
+
+
+RAY_FLAGS = ("num_workers", "ray_address", "cpus_per_worker", "gpus_per_worker")
 
 
 def _prepare(engine, query: dict, base_dir: Path, args: argparse.Namespace):
@@ -104,7 +127,14 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.queries import load_query_file
     from ..inference.request import error_result
 
+    if args.ray:
+        return run_on_ray(args)
+    given = [f"--{name.replace('_', '-')}" for name in RAY_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise QueryError(f"{', '.join(given)} only apply with --ray")
     input_path = Path(args.input)
+    if input_path.suffix.lower() == ".parquet":
+        raise QueryError("Parquet query files need --ray")
     queries = load_query_file(input_path)
     if args.batch_size < 1:
         raise QueryError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -158,9 +188,54 @@ def run(args: argparse.Namespace) -> int:
         "elapsed_seconds": round(time.monotonic() - started, 3),
     }
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    output_path.write_text(json.dumps(report, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    # A lone surrogate echoed from a query becomes a \udcXX escape, which JSON reads back as the same string.
+    output_path.write_text(
+        json.dumps(report, ensure_ascii=False, indent=2, default=str),
+        encoding="utf-8",
+        errors="backslashreplace",
+    )
     print(
         f"mossvl run: {len(records) - failed}/{len(records)} queries answered -> {output_path}",
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def run_on_ray(args: argparse.Namespace) -> int:
+    """`mossvl run --ray`: the query file on Ray workers, results as JSON lines; exit status 1 if any query failed."""
+    try:
+        from ..integrations.ray import run_ray_batch
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from None
+
+    input_path = Path(args.input)
+    output_path = (
+        Path(args.output) if args.output else input_path.with_name(f"{input_path.stem}_results.jsonl")
+    )
+    workers = 1 if args.num_workers is None else args.num_workers
+    summary = run_ray_batch(
+        input_path,
+        output_path,
+        args.checkpoint,
+        num_workers=workers,
+        address=args.ray_address,
+        batch_size=args.batch_size,
+        cpus_per_worker=1 if args.cpus_per_worker is None else args.cpus_per_worker,
+        gpus_per_worker=0 if args.gpus_per_worker is None else args.gpus_per_worker,
+        load_kwargs={
+            "dtype": args.dtype,
+            "device": args.device,
+            "attn_implementation": args.attn_implementation,
+            "cross_attention_implementation": args.cross_attention_implementation,
+        },
+        generate_kwargs=common.generate_kwargs_from_args(args),
+        media_kwargs=common.media_kwargs_from_args(args),
+        timeout_seconds=args.timeout_seconds,
+        progress=not args.quiet,
+    )
+    print(
+        f"mossvl run: {summary.total - summary.failed}/{summary.total} queries answered by {workers} Ray "
+        f"worker(s) in {summary.elapsed_seconds:.1f} s -> {output_path}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0

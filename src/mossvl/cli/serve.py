@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--kv-cache-mb", type=int, default=None, help="KV memory limit (default: 1/4 RAM or 1/2 GPU)"
     )
+    common.add_kv_cache_argument(group)
     group.add_argument(
         "--shutdown-grace", type=float, default=30.0, help="seconds to finish running requests"
     )
@@ -78,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     model, processor = common.load_from_args(args)
     kv_bytes = args.kv_cache_mb << 20 if args.kv_cache_mb else None
     engine_config = EngineConfig(
-        max_batch_size=args.max_concurrency, max_waiting=args.max_queue, kv_cache_bytes=kv_bytes
+        max_batch_size=args.max_concurrency,
+        max_waiting=args.max_queue,
+        kv_cache_bytes=kv_bytes,
+        kv_cache_dtype=common.kv_cache_dtype_from_args(args),
     )
     engine = Engine(model, processor, engine_config)
     name = args.served_model_name or Path(args.checkpoint or demo_model_dir()).name

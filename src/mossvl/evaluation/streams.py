@@ -63,19 +63,20 @@ class StreamCase:
 
 
 def load_streams(path: str | os.PathLike, check_media: bool = True) -> list[StreamCase]:
-    """Read a JSON list or JSONL file of stream records; raises QueryError / MediaError naming the bad record."""
+    """Read a JSON file (one record or a list) or a JSONL file of stream records; raises QueryError / MediaError
+    naming the bad record."""
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"stream file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
-        records = (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
-    except json.JSONDecodeError as exc:
-        raise QueryError(f"stream file {path}: invalid JSON ({exc})") from exc
+        whole = json.loads(text)
+        records = whole if isinstance(whole, list) else [whole]
+    except json.JSONDecodeError:
+        try:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise QueryError(f"stream file {path}: invalid JSON ({exc})") from exc
     if not records:
         raise QueryError(f"stream file {path} holds no records")
     return [_case(record, i, path.parent, check_media) for i, record in enumerate(records)]

@@ -146,11 +146,14 @@ def batch_chat(
 ) -> list[str]:
     """Answers to many queries, generated together (each query keeps its own media and kwargs).
 
-    ``errors="raise"`` raises the first failing query's error (naming its index); ``errors="return"`` puts
-    ``"[ERROR] <message>"`` in that query's slot instead.
+    Every query is answered or fails alone, whatever its error. ``errors="raise"`` then raises the first failing
+    query's error (naming its index); ``errors="return"`` puts ``"[ERROR] <message>"`` in that query's slot
+    instead.
     """
     if errors not in ("raise", "return"):
         raise QueryError(f"errors must be 'raise' or 'return', got {errors!r}")
+    if isinstance(queries, str | dict) or not isinstance(queries, Sequence):
+        raise QueryError(f"queries must be a list of queries, got {type(queries).__name__}")
     answers = []
     for index, result in enumerate(engine_for(model, processor).generate(list(queries), **generate_kwargs)):
         if result.error is None:

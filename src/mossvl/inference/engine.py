@@ -20,7 +20,7 @@ from ..constants import IM_END
 from ..errors import MossVLError, QueryError
 from .core import EngineConfig, EngineCore, Sequence
 from .handle import RequestHandle
-from .inputs import InputProcessor
+from .inputs import InputProcessor, preparation_errors
 from .media_cache import MediaCache
 from .request import PreparedRequest, Result
 from .sampling import GenerationSettings
@@ -87,14 +87,17 @@ class Engine:
         base_dir: str | Path | None = None,
         history: list[dict] | None = None,
     ) -> PreparedRequest:
-        """A request from a query; raises a MossVLError naming the problem for bad input."""
-        return self.inputs.prepare(query, generate_kwargs, media_kwargs, base_dir, history)
+        """A request from a query; raises a MossVLError naming the problem for bad input (an error of another
+        type is raised as a PreparationError naming it)."""
+        with preparation_errors():
+            return self.inputs.prepare(query, generate_kwargs, media_kwargs, base_dir, history)
 
     def submit(self, query: Any, generate_kwargs: dict | None = None, **prepare_kwargs: Any) -> RequestHandle:
         """Queue a query (or a PreparedRequest) and return its handle at once.
 
-        A query that cannot be prepared gets a handle whose result is that error; EngineOverloadedError is raised
-        when ``EngineConfig.max_waiting`` requests already wait.
+        A query that cannot be prepared, whatever the error, gets a handle whose result is that error (so one bad
+        query of a batch never stops the others); EngineOverloadedError is raised when ``EngineConfig.max_waiting``
+        requests already wait.
         """
         try:
             request = (
@@ -102,7 +105,7 @@ class Engine:
                 if isinstance(query, PreparedRequest)
                 else self.prepare(query, generate_kwargs, **prepare_kwargs)
             )
-        except MossVLError as exc:
+        except Exception as exc:  # noqa: BLE001 - prepare names foreign errors; this only keeps the guarantee
             return RequestHandle.failed(exc)
         handle = RequestHandle(request.request_id)
         with self._lock:

@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from .. import constants as C
-from ..errors import QueryError
+from ..errors import MossVLError, QueryError
 from .engine import Engine, engine_for
 from .handle import RequestHandle
 from .session import Session
@@ -205,18 +205,16 @@ def offline_batch_generate(
     engine = engine_for(model, processor)
     sessions = _state(model).sessions
     turns = []
-    for raw, state in zip(queries, states, strict=True):
-        query = raw if isinstance(raw, dict) else {"prompt": raw}
-        history = [] if _wants_reset(query) or not state else list(state.get("messages") or [])
-        session_id = state.get("session_id") if state and history else None
-        session = sessions.get(session_id) if session_id else None
-        if session is None or not _same_messages(session.messages, history):
-            session = Session(engine, messages=history)
-            session_id = uuid.uuid4().hex if query.get("persist_session") else None
-        else:
-            sessions.move_to_end(session_id)
-        handle, new_messages = session.submit(query)
-        turns.append((session, session_id, handle, new_messages))
+    for index, (raw, state) in enumerate(zip(queries, states, strict=True)):
+        try:
+            turns.append(_start_turn(engine, sessions, raw, state))
+        except Exception as exc:  # noqa: BLE001 - a malformed query or state fails alone; the others still run
+            failed = (
+                exc
+                if isinstance(exc, MossVLError)
+                else QueryError(f"query #{index}: {type(exc).__name__}: {exc}")
+            )
+            turns.append((Session(engine), None, RequestHandle.failed(failed), []))
 
     results, out_states = [], []
     for index, (session, session_id, handle, new_messages) in enumerate(turns):
@@ -239,6 +237,23 @@ def offline_batch_generate(
         results.append(entry)
         out_states.append({"session_id": session_id, "messages": list(messages)})
     return {"results": results, "session_states": out_states}
+
+
+def _start_turn(engine: Engine, sessions: OrderedDict[str, Session], raw: Any, state: Any) -> tuple:
+    """(session, session id or None, handle, new messages) of one batch query and its session state."""
+    query = raw if isinstance(raw, dict) else {"prompt": raw}
+    if state is not None and not isinstance(state, dict):
+        raise QueryError(f"a session state must be a dict or None, got {type(state).__name__}")
+    history = [] if _wants_reset(query) or not state else list(state.get("messages") or [])
+    session_id = state.get("session_id") if state and history else None
+    session = sessions.get(session_id) if isinstance(session_id, str) else None
+    if session is None or not _same_messages(session.messages, history):
+        session = Session(engine, messages=history)
+        session_id = uuid.uuid4().hex if query.get("persist_session") else None
+    else:
+        sessions.move_to_end(session_id)
+    handle, new_messages = session.submit(query)
+    return session, session_id, handle, new_messages
 
 
 def _same_messages(first: list[dict], second: list[dict]) -> bool:

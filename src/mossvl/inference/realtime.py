@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import constants as C
 from ..errors import MossVLError, QueryError
+from ..processing.limits import InputLimits, check_prompt_chars
 from ..processing.prompt import continuation_text, realtime_frame_prompt
 from .engine import Engine, engine_for
 from .request import FINISH_CANCELLED, PreparedRequest, Result
@@ -172,11 +173,11 @@ class RealtimeSession:
 
     def push_prompt(self, text: str, seq_no: int | None = None) -> None:
         """Ask something now: closes the current turn (interrupting an answer in progress)."""
-        self._push(_Input(prompt=_prompt_text(text), seq_no=seq_no))
+        self._push(_Input(prompt=_prompt_text(text, self.engine.processor.limits), seq_no=seq_no))
 
     def push_prompt_frame(self, prompt: str, image: Any, timestamp: float, seq_no: int | None = None) -> bool:
         """A prompt aligned with a frame: both are fed in the same step (prompt, ``<|silence|>``, frame)."""
-        text = _prompt_text(prompt)
+        text = _prompt_text(prompt, self.engine.processor.limits)
         with self._lock:
             dropped = self._push(_Input(frame=image, timestamp=float(timestamp), seq_no=seq_no), notify=False)
             self._prompts.append(_Input(prompt=text, seq_no=seq_no))
@@ -427,9 +428,10 @@ class RealtimeSession:
         self._turn += 1
 
 
-def _prompt_text(text: Any) -> str:
+def _prompt_text(text: Any, limits: InputLimits) -> str:
     if not isinstance(text, str) or not text.strip():
         raise QueryError("a prompt must be a non-empty string")
+    check_prompt_chars(text, limits)
     return text
 
 

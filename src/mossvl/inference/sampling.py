@@ -27,6 +27,11 @@ from ..errors import QueryError
 _IGNORED_KEYS = {"use_cache", "return_dict_in_generate", "output_scores", "output_logits", "pad_token_id"}
 # Generate kwargs that would change the result but only have their default value here.
 _ONLY_DEFAULT = {"num_beams": 1, "num_return_sequences": 1}
+# Ranges of the numeric settings (see GenerationSettings.check).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 100.0
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+_MAX_INT32 = 2**31 - 1
+_MIN_SEED, _MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 # generation_config.json fields the engine reads; the rest configure HF generate() only.
 _FROM_GENERATION_CONFIG = (
     "max_new_tokens",
@@ -92,37 +97,44 @@ class GenerationSettings:
                 f"unknown generate kwarg(s) {unknown}; supported: {sorted(known)} (and vision_chunked_length)"
             )
         values = {key: kwargs[key] for key in known if key in kwargs and kwargs[key] is not None}
-        if "stop" in values:
-            stop = values["stop"]
-            values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        if "stop_token_ids" in values:
-            values["stop_token_ids"] = tuple(values["stop_token_ids"])
+        if isinstance(values.get("stop"), str):
+            values["stop"] = (values["stop"],)
+        for key, expected in (
+            ("stop", "a string or a list of strings"),
+            ("stop_token_ids", "a list of token ids"),
+        ):
+            if key in values:
+                if not isinstance(values[key], list | tuple):
+                    raise QueryError(
+                        f"generate kwarg {key}={values[key]!r:.100} is invalid: expected {expected}"
+                    )
+                values[key] = tuple(values[key])
         settings = replace(base, **values)
         settings.check()
         return settings
 
     def check(self) -> None:
-        """Raise QueryError naming the first invalid setting."""
+        """Raise QueryError naming the first invalid setting and its allowed range.
+
+        The ranges keep every row's arithmetic finite: a temperature or penalty outside them overflows float32
+        logits into NaN, and the ints bound what a torch generator or tensor accepts.
+        """
         checks = [
-            (
-                "max_new_tokens",
-                isinstance(self.max_new_tokens, int)
-                and not isinstance(self.max_new_tokens, bool)
-                and self.max_new_tokens >= 0,
-                "an int >= 0",
-            ),
+            ("max_new_tokens", _is_int(self.max_new_tokens, 0, _MAX_INT32), f"an int in [0, {_MAX_INT32}]"),
             ("do_sample", isinstance(self.do_sample, bool), "a bool"),
-            ("temperature", _is_number(self.temperature), "a finite number (<= 0 means greedy)"),
             (
-                "top_k",
-                isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
-                "an int >= 0 (0 disables it)",
+                "temperature",
+                _is_number(self.temperature)
+                and (self.temperature <= 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE),
+                f"a finite number: <= 0 means greedy, else in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]",
             ),
+            ("top_k", _is_int(self.top_k, 0, _MAX_INT32), f"an int in [0, {_MAX_INT32}] (0 disables it)"),
             ("top_p", _is_number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
             (
                 "repetition_penalty",
-                _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-                "a number > 0",
+                _is_number(self.repetition_penalty)
+                and MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
+                f"a number in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}] (1 disables it)",
             ),
             (
                 "stop",
@@ -131,25 +143,29 @@ class GenerationSettings:
             ),
             (
                 "stop_token_ids",
-                all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids),
-                "a list of token ids",
+                all(_is_int(t, 0, _MAX_INT32) for t in self.stop_token_ids),
+                f"a list of token ids in [0, {_MAX_INT32}]",
             ),
             (
                 "seed",
-                self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-                "an int or None",
+                self.seed is None or _is_int(self.seed, _MIN_SEED, _MAX_SEED),
+                f"None or an int in [{_MIN_SEED}, {_MAX_SEED}]",
             ),
             ("skip_special_tokens", isinstance(self.skip_special_tokens, bool), "a bool"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise QueryError(
-                    f"generate kwarg {name}={getattr(self, name)!r} is invalid: expected {expected}"
+                    f"generate kwarg {name}={getattr(self, name)!r:.100} is invalid: expected {expected}"
                 )
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 class RowSampler:

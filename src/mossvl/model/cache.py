@@ -14,6 +14,73 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.configuration_utils import PreTrainedConfig
 
+# Smallest capacity of a self-attention slot's buffers, in tokens.
+MIN_TEXT_CAPACITY = 256
+
+
+class MossVLSelfAttentionLayer(DynamicLayer):
+    """Cache slot of a self-attention layer: a ``DynamicLayer`` whose ``keys`` / ``values`` are prefix views of
+    buffers that grow by doubling, so that a decode step writes its entry in place instead of copying the whole
+    cache (``torch.cat``, whose cost per step grows with the context).
+
+    Cropping keeps a prefix view; whatever else replaces ``keys`` (batch selection, beam reordering, offloading) is
+    a new tensor, copied into fresh buffers at the next update. Inputs that require grad take ``torch.cat``, as
+    autograd cannot see through a buffer written in place.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.requires_grad or value_states.requires_grad:
+            return super().update(key_states, value_states, *args, **kwargs)
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
+        if not self._holds_keys(key_states, end):
+            self._grow(key_states, length, end)
+        self._key_buffer[..., length:end, :] = key_states
+        self._value_buffer[..., length:end, :] = value_states
+        self.keys, self.values = self._key_buffer[..., :end, :], self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def _holds_keys(self, key_states: torch.Tensor, end: int) -> bool:
+        """Whether the buffers have room for ``end`` entries of ``key_states``' shape and ``keys`` is their prefix."""
+        buffer = self._key_buffer
+        return (
+            buffer is not None
+            and buffer.shape[-2] >= end
+            and buffer.shape[:2] == key_states.shape[:2]
+            and buffer.dtype == key_states.dtype
+            and buffer.device == key_states.device
+            and (
+                self.keys.numel() == 0
+                or (
+                    self.keys.data_ptr() == buffer.data_ptr()
+                    and self.values.data_ptr() == self._value_buffer.data_ptr()
+                )
+            )
+        )
+
+    def _grow(self, key_states: torch.Tensor, length: int, end: int) -> None:
+        batch, heads, _, dim = key_states.shape
+        capacity = max(2 * end, MIN_TEXT_CAPACITY)
+        keys = key_states.new_empty(batch, heads, capacity, dim)
+        values = key_states.new_empty(batch, heads, capacity, dim)
+        if length:
+            keys[..., :length, :] = self.keys
+            values[..., :length, :] = self.values
+        self._key_buffer, self._value_buffer = keys, values
+
+    def reset(self) -> None:
+        self._key_buffer = self._value_buffer = None
+        super().reset()
+
 
 class MossVLCrossAttentionLayer(DynamicLayer):
     """Cache slot of a cross-attention layer: vision keys/values (B, kv_heads, Lv, head_dim)."""
@@ -79,7 +146,9 @@ class MossVLCache(DynamicCache):
         text_config = config.get_text_config(decoder=True)
         self.cross_attention_layers = sorted(text_config.cross_attention_layers)
         layers = [
-            MossVLCrossAttentionLayer() if index in self.cross_attention_layers else DynamicLayer()
+            MossVLCrossAttentionLayer()
+            if index in self.cross_attention_layers
+            else MossVLSelfAttentionLayer()
             for index in range(text_config.num_hidden_layers)
         ]
         Cache.__init__(self, layers=layers, **kwargs)

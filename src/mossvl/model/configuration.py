@@ -118,6 +118,11 @@ class MossVLTextConfig(PreTrainedConfig):
         self.rope_parameters.setdefault("mrope_interleaved", True)
         self.check()
 
+    @property
+    def rope_theta(self) -> float:
+        """The RoPE base, kept in ``rope_parameters``; loaders written for transformers 4 (SGLang) read it here."""
+        return (self.rope_parameters or {}).get("rope_theta", self.default_theta)
+
     def to_dict(self) -> dict:
         """The config with its RoPE settings also in the legacy ``rope_theta`` / ``rope_scaling`` fields, which the
         official checkpoints carry and transformers-4-era loaders (the official remote code, SGLang) read."""

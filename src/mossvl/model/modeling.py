@@ -306,12 +306,14 @@ class MossVLModel(MossVLPreTrainedModel):
             if states is not None:
                 vision_cos, vision_sin = self.language_model.rotary_emb(states, vision_position_ids)
             decode_step = states is None and length == 1 and past > 0
+            # Decode steps usually see the whole memory: then neither mask is needed.
+            sees_all = bool((prefix == memory_length).all())
             cross = CrossAttentionInputs(
                 states=states,
                 cos=vision_cos,
                 sin=vision_sin,
-                mask=xmask.expand(prefix, memory_length, dtype),
-                rows=xmask.row_mask(prefix, dtype),
+                mask=None if sees_all else xmask.expand(prefix, memory_length, dtype),
+                rows=None if sees_all else xmask.row_mask(prefix, dtype),
                 sees_vision=bool((prefix > 0).any()),
                 plan=plan,
                 rotate_query=not decode_step or self.config.rotate_cross_query_in_decode,
@@ -537,4 +539,29 @@ class MossVLForConditionalGeneration(MossVLPreTrainedModel, GenerationMixin):
             model_kwargs[CACHE_FIELD] = MossVLCache(self.config)
 
 
-__all__ = ["MossVLForConditionalGeneration", "MossVLModel", "MossVLPreTrainedModel"]
+@torch.no_grad()
+def store_linear_weights_input_major(model: MossVLForConditionalGeneration) -> int:
+    """Lay out the decoder's and the LM head's linear weights input-major: each stays an (out, in) tensor with the
+    same values, whose memory holds the (in, out) matrix (a transposed view). Returns how many were changed.
+
+    A decode step multiplies one token by every weight, a memory-bound matrix-vector product; on the CPU, MKL
+    streams the input-major layout ~20% faster (benchmarks/bench_roofline.py: 9% of a 'mid' decode step), while
+    products over many tokens (prefill) run at the same speed. An LM head tied to the embedding is left alone, as
+    the embedding reads rows. Quantized layers are not ``nn.Linear`` and keep their own layout.
+    """
+    embedding = model.get_input_embeddings().weight
+    changed = 0
+    for module in [*model.model.language_model.layers.modules(), model.lm_head]:
+        if not isinstance(module, nn.Linear) or module.weight is embedding or module.weight.stride(0) == 1:
+            continue
+        module.weight.data = module.weight.data.t().contiguous().t()
+        changed += 1
+    return changed
+
+
+__all__ = [
+    "MossVLForConditionalGeneration",
+    "MossVLModel",
+    "MossVLPreTrainedModel",
+    "store_linear_weights_input_major",
+]

@@ -3,7 +3,8 @@
 Spec §5. Layers listed in ``cross_attention_layers`` replace self-attention by tanh-gated cross-attention to the
 vision memory; every other layer is a plain Qwen3 decoder layer. Attention goes through transformers' attention
 registry (``config._attn_implementation``): sdpa, eager, or flash attention for the self-attention layers (the
-cross layers use sdpa then, as they need an arbitrary mask).
+cross layers use sdpa then, as they need an arbitrary mask); under sdpa, one-token queries on the CPU (decode steps)
+use ``single_query_attention``.
 """
 
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ class MossVLTextRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused kernel, bitwise equal to the lines below in float32 (not in 16-bit dtypes, whose rounding
+            # before the weight the official code has).
+            return nn.functional.rms_norm(hidden, self.weight.shape, self.weight, self.variance_epsilon)
         dtype = hidden.dtype
         hidden = hidden.to(torch.float32)
         hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -76,10 +81,37 @@ def eager_attention_forward(
     return output, weights
 
 
+def single_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention of one query token per row with plain matmuls: q (B, H, 1, D) over k / v (B, Hkv, S, D), mask
+    (B, 1, 1, S) bool (True = attend) or additive → (B, 1, H, D).
+
+    The query heads of each KV group are the rows of one product, so K/V are read once and never repeated. On the
+    CPU this replaces SDPA in decode steps: its kernels have a fixed cost per call (about 0.5 ms on two cores, most
+    of a decode step's attention) and its ``enable_gqa`` path for one query is slower still.
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim) * scaling
+    scores = torch.matmul(grouped, key.transpose(2, 3))  # (B, Hkv, groups, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.matmul(weights, value).reshape(batch, 1, heads, dim)
+
+
 CROSS_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
-def _attention_function(config: MossVLTextConfig, cross: bool):
+def _attention_implementation(config: MossVLTextConfig, cross: bool) -> str | None:
     """The kernel of a layer: ``cross_attention_implementation`` for cross layers when set, else the model's
     implementation, except that cross layers use SDPA under flash attention (it cannot take their mask)."""
     implementation = config._attn_implementation
@@ -87,9 +119,7 @@ def _attention_function(config: MossVLTextConfig, cross: bool):
         implementation = config.cross_attention_implementation or (
             implementation if implementation in ("eager", "flex_attention") else "sdpa"
         )
-    if implementation in (None, "eager"):
-        return eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return implementation
 
 
 @dataclass
@@ -98,15 +128,16 @@ class CrossAttentionInputs:
 
     ``states`` (B, Lnew, H): new vision memory brought by this forward (None: read the cache only);
     ``cos`` / ``sin``: its XRoPE tables. ``mask`` (B, 1, L, Lv) additive mask over the whole memory and ``rows``
-    (B, L, 1) the row mask (spec §7). ``sees_vision``: some token sees a frame (else every cross layer is an
-    identity). ``plan``: where the new memory goes in the cache. ``rotate_query``: apply XRoPE to the query.
+    (B, L, 1) the row mask (spec §7); both None when every token sees the whole memory. ``sees_vision``: some token
+    sees a frame (else every cross layer is an identity). ``plan``: where the new memory goes in the cache.
+    ``rotate_query``: apply XRoPE to the query.
     """
 
     states: torch.Tensor | None
     cos: torch.Tensor | None
     sin: torch.Tensor | None
-    mask: torch.Tensor
-    rows: torch.Tensor
+    mask: torch.Tensor | None
+    rows: torch.Tensor | None
     sees_vision: bool
     plan: VisionAppend | None
     rotate_query: bool
@@ -145,19 +176,25 @@ class _GroupedQueryAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """q (B, H, L, D) over k / v (B, Hkv, S, D), then o_proj → (B, L, hidden)."""
-        attend = _attention_function(self.config, cross=not self.is_causal)
-        # No position_ids here: XRoPE positions jump at images, which must not look like packed sequences.
-        output, _ = attend(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            is_causal=self.is_causal,
-        )
+        implementation = _attention_implementation(self.config, cross=not self.is_causal)
         batch, _, length, _ = q.shape
+        if length == 1 and implementation == "sdpa" and q.device.type == "cpu" and not self.training:
+            output = single_query_attention(q, k, v, attention_mask, self.scaling)
+        else:
+            attend = eager_attention_forward
+            if implementation not in (None, "eager"):
+                attend = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            # No position_ids here: XRoPE positions jump at images, which must not look like packed sequences.
+            output, _ = attend(
+                self,
+                q,
+                k,
+                v,
+                attention_mask,
+                dropout=self.config.attention_dropout if self.training else 0.0,
+                scaling=self.scaling,
+                is_causal=self.is_causal,
+            )
         return self.o_proj(output.reshape(batch, length, -1))
 
 
@@ -203,7 +240,7 @@ class MossVLTextCrossAttention(_GroupedQueryAttention):
         rotate_query: bool,
         keys: torch.Tensor,
         values: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         q = self.heads(hidden, self.q_proj, self.q_norm)
         if rotate_query:
@@ -268,9 +305,13 @@ class MossVLCrossAttentionDecoderLayer(GradientCheckpointingLayer):
         attended = self.cross_attn(
             self.input_layernorm(hidden), cos, sin, cross.rotate_query, keys, values, cross.mask
         )
-        hidden = hidden + self.cross_attn_attn_gate.tanh() * (cross.rows * attended)
+        if cross.rows is not None:
+            attended = cross.rows * attended
+        hidden = hidden + self.cross_attn_attn_gate.tanh() * attended
         mlp_out = self.mlp(self.post_attention_layernorm(hidden))
-        return hidden + self.cross_attn_mlp_gate.tanh() * (cross.rows * mlp_out)
+        if cross.rows is not None:
+            mlp_out = cross.rows * mlp_out
+        return hidden + self.cross_attn_mlp_gate.tanh() * mlp_out
 
     def _memory(
         self, cross: CrossAttentionInputs, cache: MossVLCache | None

@@ -30,6 +30,7 @@ from mossvl.processing.media_refs import (
     video_units,
 )
 from mossvl.processing.prompt import PLACEHOLDER_RE
+from mossvl.processing.sources import local_file_error
 
 ROLE_ALIASES = {
     "human": "user",
@@ -359,8 +360,10 @@ def _video_source(value: Any, base_dir: str | Path | None, where: str, check_fil
 
 
 def _check_exists(path: Any, where: str, check_files: bool) -> None:
-    if check_files and isinstance(path, str) and not is_url(path) and not Path(path).is_file():
-        raise QueryError(f"field '{where}': file not found: {path}")
+    if check_files and isinstance(path, str) and not is_url(path):
+        problem = local_file_error(path)
+        if problem is not None:
+            raise QueryError(f"field '{where}': {problem}")
 
 
 def _split_text(text: str, pools: _Pools) -> list[dict]:

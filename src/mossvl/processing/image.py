@@ -1,9 +1,15 @@
-"""Image processor: load any image input as RGB uint8, resize under a shared pixel budget, patchify."""
+"""Image processor: load any image input as RGB uint8, resize under a shared pixel budget, patchify.
+
+Planning reads the size of every image of a call first (a file's or URL's header, never its pixels), checks the
+sizes against the processor's ``InputLimits`` and only then decodes; whatever a decoder raises on a hostile file
+becomes a MediaError naming the image.
+"""
 
 import base64
 import binascii
 import io
-import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -11,14 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
 
 from mossvl import constants as C
-from mossvl.errors import ConfigError, MediaError, QueryError
+from mossvl.errors import ConfigError, MediaError, MossVLError, QueryError
+from mossvl.processing.limits import InputLimits, check_media_settings, check_planned_pixels
 from mossvl.processing.media_plan import PlannedMedia, array_digest, settings_key
+from mossvl.processing.sources import HTTP_PREFIXES, fetch_bytes, local_media_file
 from mossvl.processing.transforms import (
     check_aspect_ratio,
     check_patch_config,
@@ -27,8 +35,6 @@ from mossvl.processing.transforms import (
     share_budget,
     smart_resize,
 )
-
-URL_TIMEOUT_S = 30
 
 
 @dataclass
@@ -53,35 +59,89 @@ def describe(source: Any) -> str:
     return type(source).__name__
 
 
-def _open_bytes(data: bytes, name: str) -> Image.Image:
+@contextmanager
+def _image_errors(name: str, limits: InputLimits) -> Iterator[None]:
+    """Whatever PIL raises on a hostile file (many types) becomes a MediaError naming the image."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise MediaError(f"cannot read image {name}: {err}") from err
-    return ImageOps.exif_transpose(image)
+        yield
+    except MossVLError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise MediaError(
+            f"image {name} has more pixels than {limits.max_image_pixels} (InputLimits.max_image_pixels); it was "
+            f"refused before decoding ({err})"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any decoder failure is this image's, never its neighbours'
+        raise MediaError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
 
 
-def _open_source(source: str | Path) -> Image.Image:
+def _opener(source: str | Path, limits: InputLimits) -> Callable[[], Image.Image]:
+    """A function that opens the image of a path / file:// / http(s) URL / data URI lazily (header only)."""
     text = str(source)
-    if text.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(text, timeout=URL_TIMEOUT_S) as response:
-                return _open_bytes(response.read(), text)
-        except OSError as err:
-            raise MediaError(f"cannot fetch image {text}: {err}") from err
+    if text.startswith(HTTP_PREFIXES):
+        data = fetch_bytes(text, limits, "image")
+        return lambda: Image.open(io.BytesIO(data))
     if text.startswith("data:image/"):
         try:
-            return _open_bytes(base64.b64decode(text.split(",", 1)[1], validate=True), "data URI")
+            data = base64.b64decode(text.split(",", 1)[1], validate=True)
         except (IndexError, binascii.Error) as err:
             raise MediaError(f"malformed base64 image data URI: {err}") from err
-    path = Path(text.removeprefix("file://"))
-    if not path.is_file():
-        raise MediaError(f"image file not found: {path}")
-    try:
-        return _open_bytes(path.read_bytes(), str(path))
-    except OSError as err:
-        raise MediaError(f"cannot read image file {path}: {err}") from err
+        return lambda: Image.open(io.BytesIO(data))
+    path = local_media_file(text.removeprefix("file://"), "image")
+    return partial(Image.open, path)
+
+
+def _check_source_pixels(height: int, width: int, limits: InputLimits, name: str) -> None:
+    if height * width > limits.max_image_pixels:
+        raise MediaError(
+            f"image {name} is {width}x{height} = {height * width} pixels; the limit is {limits.max_image_pixels} "
+            "(InputLimits.max_image_pixels), checked before decoding"
+        )
+
+
+@dataclass
+class _SourceImage:
+    """An image whose pixel count is known and whose pixels are not decoded yet."""
+
+    pixels: int
+    decode: Callable[[], np.ndarray]
+
+
+def _inspect(source: Any, limits: InputLimits) -> _SourceImage:
+    """Read an image input's size (headers only for files, URLs and lazy PIL images) and check it."""
+    name = describe(source)
+    if isinstance(source, str | Path):
+        open_image = _opener(source, limits)
+        with _image_errors(name, limits), open_image() as image:
+            width, height = image.size
+        _check_source_pixels(height, width, limits, name)
+        return _SourceImage(height * width, partial(_decode_file, open_image, name, limits))
+    if isinstance(source, Image.Image):
+        width, height = source.size
+        _check_source_pixels(height, width, limits, name)
+        return _SourceImage(height * width, partial(_decode_pil, source, name, limits))
+    if isinstance(source, np.ndarray | torch.Tensor):
+        is_tensor = isinstance(source, torch.Tensor)
+        with _image_errors(name, limits):  # numpy has no bfloat16, complex tensors, ...
+            array = source.detach().cpu().numpy() if is_tensor else source
+        array = _array_to_hwc(array, channels_first=is_tensor, name=name)
+        _check_source_pixels(*array.shape[:2], limits, name)
+        return _SourceImage(array.shape[0] * array.shape[1], lambda: array)
+    raise QueryError(
+        f"unsupported image input of type {type(source).__name__}; use a path, PIL image or array"
+    )
+
+
+def _decode_file(open_image: Callable[[], Image.Image], name: str, limits: InputLimits) -> np.ndarray:
+    """Decode an opened file's pixels, EXIF orientation applied."""
+    with _image_errors(name, limits), open_image() as image:
+        image.load()
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def _decode_pil(image: Image.Image, name: str, limits: InputLimits) -> np.ndarray:
+    with _image_errors(name, limits):
+        return np.array(image.convert("RGB"))
 
 
 def _array_to_hwc(array: np.ndarray, channels_first: bool, name: str) -> np.ndarray:
@@ -95,9 +155,12 @@ def _array_to_hwc(array: np.ndarray, channels_first: bool, name: str) -> np.ndar
     elif not last_is_channel:
         raise MediaError(f"image {name}: cannot find a channel axis of size 1, 3 or 4 in shape {array.shape}")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        floating = np.issubdtype(array.dtype, np.floating)
+        if not floating or (
+            array.size and not (np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1)
+        ):
             raise MediaError(
-                f"image {name}: expected uint8 values or floats in [0, 1], got dtype {array.dtype}"
+                f"image {name}: expected uint8 values or finite floats in [0, 1], got dtype {array.dtype}"
             )
         array = np.rint(array * 255).astype(np.uint8)
     if array.shape[-1] == 1:
@@ -105,28 +168,15 @@ def _array_to_hwc(array: np.ndarray, channels_first: bool, name: str) -> np.ndar
     return np.ascontiguousarray(array[:, :, :3])
 
 
-def load_image_array(source: Any) -> np.ndarray:
+def load_image_array(source: Any, limits: InputLimits | None = None) -> np.ndarray:
     """Any supported image input → RGB uint8 array (H, W, 3).
 
     Accepts a path / file:// / http(s) URL / data URI (EXIF orientation applied), a PIL image (any mode;
     alpha is dropped, palettes expanded), a numpy array (HWC, HW or CHW; uint8 or floats in [0, 1]) or a torch
-    tensor (CHW preferred, HWC accepted).
+    tensor (CHW preferred, HWC accepted). The size is checked against ``limits`` (defaults when None) before
+    any pixel is decoded.
     """
-    name = describe(source)
-    if isinstance(source, str | Path):
-        source = _open_source(source)
-    if isinstance(source, Image.Image):
-        try:
-            return np.array(source.convert("RGB"))
-        except OSError as err:
-            raise MediaError(f"cannot decode image {name}: {err}") from err
-    if isinstance(source, torch.Tensor):
-        return _array_to_hwc(source.detach().cpu().numpy(), channels_first=True, name=name)
-    if isinstance(source, np.ndarray):
-        return _array_to_hwc(source, channels_first=False, name=name)
-    raise QueryError(
-        f"unsupported image input of type {type(source).__name__}; use a path, PIL image or array"
-    )
+    return _inspect(source, limits or InputLimits()).decode()
 
 
 def hwc_to_tensor(arrays: np.ndarray) -> torch.Tensor:
@@ -176,6 +226,7 @@ class MossVLImageProcessor(BaseImageProcessor):
         image_mean: list[float] | tuple[float, ...] = C.IMAGE_MEAN,
         image_std: list[float] | tuple[float, ...] = C.IMAGE_STD,
         interpolation: str = "BICUBIC",
+        limits: InputLimits | None = None,
         **kwargs: Any,
     ) -> None:
         for key in ("image_processor_type", "processor_class"):
@@ -193,6 +244,7 @@ class MossVLImageProcessor(BaseImageProcessor):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.interpolation = "BICUBIC"
+        self.limits = limits or InputLimits()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,16 +294,23 @@ class MossVLImageProcessor(BaseImageProcessor):
         multi_image_max_pixels: int | None = None,
     ) -> list[PlannedMedia]:
         """Decode and size all images of one call (they share the multi-image budget); resizing and patchifying
-        wait for ``load()``."""
-        arrays = []
-        for i, image in enumerate(images):
-            try:
-                arrays.append(load_image_array(image))
-            except MediaError as err:
-                raise MediaError(f"image #{i}: {err}") from err
-        sizes = self.target_sizes(
-            [a.shape[:2] for a in arrays], min_pixels, max_pixels, multi_image_max_pixels
+        wait for ``load()``. Settings and sizes are checked against ``self.limits``: every image's size before
+        any is decoded, the resized total before ``load()`` allocates it."""
+        settings = check_media_settings(
+            {
+                "min_pixels": self.size["shortest_edge"] if min_pixels is None else min_pixels,
+                "max_pixels": self.size["longest_edge"] if max_pixels is None else max_pixels,
+                "multi_image_max_pixels": self.multi_image_max_pixels
+                if multi_image_max_pixels is None
+                else multi_image_max_pixels,
+            },
+            self.limits,
         )
+        sources = [self._numbered(i, _inspect, image, self.limits) for i, image in enumerate(images)]
+        check_planned_pixels(0, sum(s.pixels for s in sources), self.limits, "the images of this call")
+        arrays = [self._numbered(i, source.decode) for i, source in enumerate(sources)]
+        sizes = self.target_sizes([a.shape[:2] for a in arrays], **settings)
+        check_planned_pixels(sum(h * w for h, w in sizes), 0, self.limits, "the images of this call")
         factor = self.patch_size
         return [
             PlannedMedia(
@@ -262,6 +321,14 @@ class MossVLImageProcessor(BaseImageProcessor):
             )
             for array, size in zip(arrays, sizes, strict=True)
         ]
+
+    @staticmethod
+    def _numbered(index: int, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` with a MediaError renamed to say which image of the call it is about."""
+        try:
+            return function(*args)
+        except MediaError as err:
+            raise type(err)(f"image #{index}: {err}") from err
 
     def _pixels(self, array: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         frames = resize_uint8(hwc_to_tensor(array)[None], size)

@@ -51,7 +51,9 @@ def assistant_labels(
     ignored = torch.isin(input_ids, torch.tensor(ignored_token_ids)) | inside_vision | (attention_mask == 0)
     labels = labels.masked_fill(ignored, C.IGNORE_INDEX)
     previous = labels[:, :-1]
-    ends_reply = (input_ids[:, 1:] == vision_span[0]) & (previous != C.IGNORE_INDEX) & (attention_mask[:, 1:] == 1)
+    ends_reply = (
+        (input_ids[:, 1:] == vision_span[0]) & (previous != C.IGNORE_INDEX) & (attention_mask[:, 1:] == 1)
+    )
     if silence_token_id is not None:
         ends_reply &= previous != silence_token_id
     labels[:, 1:][ends_reply] = input_ids[:, 1:][ends_reply]

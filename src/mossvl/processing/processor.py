@@ -24,6 +24,7 @@ from mossvl.checkpoint import copy_remote_code, resolve_folder
 from mossvl.errors import ConfigError, QueryError
 from mossvl.processing.conversation import Conversation, conversation_from_query
 from mossvl.processing.image import MossVLImageProcessor, blank_image
+from mossvl.processing.limits import InputLimits, check_planned_pixels, check_prompt_chars
 from mossvl.processing.masks import assistant_labels, cross_attention_mask
 from mossvl.processing.media_plan import PlannedMedia
 from mossvl.processing.prompt import (
@@ -168,6 +169,7 @@ class MossVLProcessor(ProcessorMixin):
         video_processor: MossVLVideoProcessor | None = None,
         tokenizer: Any = None,
         chat_template: str | None = None,
+        limits: InputLimits | None = None,
     ) -> None:
         if tokenizer is None:
             raise ConfigError(
@@ -192,6 +194,20 @@ class MossVLProcessor(ProcessorMixin):
         self.vision_end_token_id = ids[C.VISION_END]
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[C.ENDOFTEXT]
         self.source_folder: str | None = None
+        self.limits = limits or self.image_processor.limits
+
+    @property
+    def limits(self) -> InputLimits:
+        """What one call may read, decode and allocate (see ``limits.InputLimits``); the image and video processors
+        share it."""
+        return self.image_processor.limits
+
+    @limits.setter
+    def limits(self, limits: InputLimits) -> None:
+        if not isinstance(limits, InputLimits):
+            raise ConfigError(f"limits must be an InputLimits, got {type(limits).__name__}")
+        self.image_processor.limits = limits
+        self.video_processor.limits = limits
 
     def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> type:
         # transformers resolves the video base class through a registry that needs torchvision; check ours directly.
@@ -239,8 +255,9 @@ class MossVLProcessor(ProcessorMixin):
         """Load from a checkpoint folder or hub id (the tokenizer at the top level or in ``tokenizer/``).
 
         Missing preprocessor files fall back to the MOSS-VL defaults. Extra kwargs override processor settings
-        (e.g. ``frame_extract_num_threads=1``, ``max_pixels=...``); transformers' loading kwargs (``revision``,
-        ``cache_dir``, ``local_files_only``, ``token``, ``use_fast``, ...) are accepted.
+        (e.g. ``frame_extract_num_threads=1``, ``max_pixels=...``, ``limits=InputLimits(...)``); transformers'
+        loading kwargs (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``use_fast``, ...) are
+        accepted.
         """
         hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
         for key in IGNORED_LOAD_KWARGS:
@@ -356,6 +373,7 @@ class MossVLProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         return_labels: bool = False,
         assistant_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+        device: str | torch.device | None = None,
         **media_kwargs: Any,
     ) -> BatchFeature:
         """Rendered prompts + flat media lists (placeholder order across the batch) → model inputs.
@@ -363,14 +381,16 @@ class MossVLProcessor(ProcessorMixin):
         Returns input_ids (B, L), attention_mask (B, L), pixel_values (N, 768) float32, grid_thw (M, 3),
         cross_attention_mask (B, 1, L, F) bool (True = masked), media_nums_per_sample (B,), and labels (B, L)
         when ``return_labels`` (``assistant_spans``: per sample, the character spans of the assistant turns in
-        ``text``, see ``prompt.assistant_spans``). A sample with no media gets a blank 128×128 image.
+        ``text``, see ``prompt.assistant_spans``). A sample with no media gets a blank 128×128 image. ``device``:
+        where the tensors go (SGLang passes it).
         """
         if return_tensors not in ("pt", None):
             raise QueryError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
         planned = self.plan(
             text, images, videos, padding, padding_side, return_labels, assistant_spans, **media_kwargs
         )
-        return planned.to_features()
+        features = planned.to_features()
+        return features if device is None else features.to(device)
 
     def plan(
         self,
@@ -390,6 +410,8 @@ class MossVLProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise QueryError("text must be a string or a non-empty list of strings")
+        for b, t in enumerate(texts):
+            check_prompt_chars(t, self.limits, f"sample {b}'s text")
         if return_labels and (assistant_spans is None or len(assistant_spans) != len(texts)):
             raise QueryError(
                 "labels need the assistant spans of every text (processor.assistant_spans(messages)); "
@@ -401,6 +423,8 @@ class MossVLProcessor(ProcessorMixin):
         image_items = self.image_processor.plan(images, **image_kwargs) if images else []
         video_items = self.video_processor.plan(videos, **video_kwargs) if videos else []
         self.check_text(texts, len(image_items), len(video_items))
+        resized = sum(t * h * w for t, h, w in (item.grid_thw for item in [*image_items, *video_items]))
+        check_planned_pixels(resized * self.image_processor.patch_size**2, 0, self.limits)
 
         expanded, media, shifts = self._expand(texts, kinds, iter(image_items), iter(video_items))
         encoded = self.tokenizer(

@@ -13,6 +13,7 @@ from .loading import (
     adapt_quantized_model,
     check_kv_cache_packaging,
     check_quantized_checkpoint,
+    packaged_kv_cache_dtype,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "adapt_quantized_model",
     "check_kv_cache_packaging",
     "check_quantized_checkpoint",
+    "packaged_kv_cache_dtype",
     "quantize_checkpoint",
     "register_quantizers",
 ]

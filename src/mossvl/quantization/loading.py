@@ -4,7 +4,8 @@
   int8-dynamic runs on the CPU only, FP8 (compressed-tensors) needs that package; also runs
   :func:`check_kv_cache_packaging`.
 * :func:`check_kv_cache_packaging`: the official KV8 packaging (``cache_implementation: "quantized"`` with an HQQ
-  ``cache_config`` in ``generation_config.json``) is detected and reported; mossvl's cache stays in the model dtype.
+  ``cache_config`` in ``generation_config.json``) is detected and reported; :func:`packaged_kv_cache_dtype` tells
+  the inference engine, which then keeps its KV cache in int8 (its own per-token scales, not HQQ).
 * :func:`adapt_quantized_model` (call after loading): on the CPU an FP8 model's layers become int8-dynamic layers,
   the fastest of the three CPU options measured by benchmarks/bench_quantization.py (the others: compressed-tensors'
   FP8 emulation, which transformers uses by default and decodes slower than fp32, and weights dequantized at load,
@@ -29,7 +30,7 @@ BITSANDBYTES_4BIT = "bitsandbytes_4bit"
 
 
 class QuantizedCacheWarning(UserWarning):
-    """A checkpoint asks for a quantized KV cache that mossvl does not build."""
+    """A checkpoint asks for a quantized KV cache that mossvl does not build as asked (HQQ)."""
 
 
 def _read_json(path: Path) -> dict:
@@ -57,11 +58,20 @@ def quantization_method(quantization_config: dict | None) -> str | None:
     return quantization_config.get("quant_method")
 
 
+def packaged_kv_cache_dtype(generation: dict | None) -> str | None:
+    """``"int8"`` when a generation config (as a dict) asks for an 8-bit quantized KV cache, as the official KV8
+    packaging does; else None."""
+    if not generation or generation.get("cache_implementation") != "quantized":
+        return None
+    return "int8" if (generation.get("cache_config") or {}).get("nbits") == 8 else None
+
+
 def check_kv_cache_packaging(folder: str | os.PathLike, strict: bool = False) -> dict | None:
     """Detect the official KV8 packaging in ``folder/generation_config.json``; return its cache settings or None.
 
-    mossvl keeps its KV cache (self- and cross-attention) in the model dtype, so the setting is not honoured: a
-    ``QuantizedCacheWarning`` says so, or with ``strict=True`` a CheckpointError refuses the checkpoint.
+    mossvl builds no HQQ cache: for 8 bits its engines keep their KV cache (self- and cross-attention) in int8 with
+    their own per-token scales instead, for other widths in the model dtype. A ``QuantizedCacheWarning`` says so,
+    or with ``strict=True`` a CheckpointError refuses the checkpoint.
     """
     path = Path(folder) / "generation_config.json"
     if not path.is_file():
@@ -71,10 +81,16 @@ def check_kv_cache_packaging(folder: str | os.PathLike, strict: bool = False) ->
         return None
     settings = dict(generation.get("cache_config") or {})
     described = ", ".join(f"{key} {value}" for key, value in sorted(settings.items())) or "no cache_config"
+    if packaged_kv_cache_dtype(generation) == "int8":
+        honoured = (
+            "mossvl builds no HQQ cache; its engines keep this model's KV cache in int8 with their own per-token "
+            "scales instead (EngineConfig.kv_cache_dtype / --kv-cache-dtype 'model' keeps the model dtype)"
+        )
+    else:
+        honoured = "mossvl has no such cache: its KV cache stays in the model dtype, exact but larger"
     message = (
         f"{str(path)!r} asks for a quantized KV cache (cache_implementation 'quantized': {described}; the "
-        "official KV8 HQQ packaging). mossvl does not build that cache: its KV cache stays in the model dtype, "
-        "exact but larger for long videos"
+        f"official KV8 HQQ packaging). {honoured}"
     )
     if strict:
         raise CheckpointError(message)

@@ -1,9 +1,10 @@
 """Media of chat requests: OpenAI content parts → engine messages, under the server's safety policy.
 
 Sources: ``data:`` URIs and raw base64 always; ``file://`` (or plain) paths only inside the folder given with
-``--allowed-local-media-path`` (the resolved path must stay inside it: no ``..`` or symlink escape); ``http(s)``
-URLs only with ``--allow-remote-media``, fetched with a timeout and a byte cap. Bytes that are videos go to a
-temporary file that lives as long as the request's ``MediaResolver``.
+``--allowed-local-media-path`` (the resolved path must stay inside it: no ``..`` or symlink escape; directories,
+FIFOs, devices and symlink loops are refused by name); ``http(s)`` URLs only with ``--allow-remote-media``,
+fetched by the processor's one fetch path (``processing.sources``) under the policy's timeout and byte cap. Bytes
+that are videos go to a temporary file that lives as long as the request's ``MediaResolver``.
 
 Video settings come from the part itself (``fps``, ``max_frames``, ``num_frames``; SGLang style), then the
 request's ``media_io_kwargs`` (vLLM style, e.g. ``{"video": {"num_frames": 16}}``), then its
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import MediaError, MediaTooLargeError
+from ..processing.limits import InputLimits
 from ..processing.processor import canonical_media_kwargs
+from ..processing.sources import fetch_bytes, local_file_error
 from .protocol import APIError, bad_request
 
 # Magic bytes of the formats a raw base64 payload may hold.
@@ -30,13 +34,23 @@ _VIDEO_MAGIC_OFFSET = (4, b"ftyp")  # MP4 / MOV
 
 @dataclass
 class MediaPolicy:
-    """What media a server accepts. Byte and frame caps apply per media item."""
+    """What media a server accepts. Byte and frame caps apply per media item; ``fetch_timeout`` bounds connecting
+    and each read of a remote fetch, ``fetch_deadline`` the whole download."""
 
     allowed_local_dir: Path | None = None
     allow_remote: bool = False
     max_media_bytes: int = 64 << 20
     fetch_timeout: float = 20.0
+    fetch_deadline: float = 120.0
     max_frames: int = 256
+
+    def fetch_limits(self) -> InputLimits:
+        """The processor limits a remote fetch of this server runs under."""
+        return InputLimits(
+            max_media_bytes=self.max_media_bytes,
+            fetch_timeout=self.fetch_timeout,
+            fetch_deadline=self.fetch_deadline,
+        )
 
 
 class MediaResolver:
@@ -151,45 +165,38 @@ class MediaResolver:
                 f"{where}: local file paths are disabled on this server (start it with --allowed-local-media-path)",
                 param=where,
             )
-        resolved = Path(path).resolve()
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise bad_request(f"{where}: cannot resolve the media path {path}: {exc}", param=where) from None
         if not resolved.is_relative_to(root.resolve()):
             raise bad_request(f"{where}: {path} is outside the allowed media folder", param=where)
-        if not resolved.is_file():
-            raise bad_request(f"{where}: media file not found: {path}", param=where)
+        problem = local_file_error(str(resolved), "media")
+        if problem is not None:
+            raise bad_request(f"{where}: {problem}", param=where)
         self._check_size(resolved.stat().st_size, where)
         return str(resolved)
 
     def _fetch(self, url: str, where: str) -> bytes:
-        import httpx
-
         try:
-            with httpx.stream(
-                "GET", url, timeout=self.policy.fetch_timeout, follow_redirects=True
-            ) as response:
-                if response.status_code != 200:
-                    raise bad_request(
-                        f"{where}: fetching {url} gave HTTP {response.status_code}", param=where
-                    )
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    self._check_size(size, where)
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise bad_request(
-                f"{where}: cannot fetch {url}: {type(exc).__name__}: {exc}", param=where
-            ) from None
-        return b"".join(chunks)
+            return fetch_bytes(url, self.policy.fetch_limits(), "media")
+        except MediaTooLargeError:
+            raise self._too_large(where) from None
+        except MediaError as exc:
+            raise bad_request(f"{where}: {exc}", param=where) from None
 
     def _check_size(self, size: int, where: str) -> None:
         if size > self.policy.max_media_bytes:
-            raise APIError(
-                413,
-                f"{where}: media item larger than the server's limit of {self.policy.max_media_bytes} bytes "
-                "(--max-media-bytes)",
-                param=where,
-                code="media_too_large",
-            )
+            raise self._too_large(where)
+
+    def _too_large(self, where: str) -> APIError:
+        return APIError(
+            413,
+            f"{where}: media item larger than the server's limit of {self.policy.max_media_bytes} bytes "
+            "(--max-media-bytes)",
+            param=where,
+            code="media_too_large",
+        )
 
     # ----- settings ----------------------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
-from ..errors import MossVLError, QueryError
+from ..errors import MossVLError, PreparationError, QueryError
 from ..processing.conversation import Conversation, conversation_from_record
+from ..processing.sources import local_file_error
 from .records import index_records, read_record
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ class SFTDataset(Dataset):
     """Supervised fine-tuning samples read lazily from a JSON list or JSONL file (both record formats).
 
     ``skip_bad_records``: a malformed record, unreadable media, or a sample that cannot fit ``max_length`` is logged,
-    counted in ``skipped`` (index -> reason) and replaced by the next good record, instead of raising.
+    counted in ``skipped`` (index -> reason) and replaced by the next good record, instead of raising. Media are read
+    under the processor's ``limits`` (remote fetch timeouts and byte cap, pixel and video limits); any failure of a
+    record, whatever its type, is a MossVLError naming the record.
     """
 
     def __init__(
@@ -129,8 +132,9 @@ class SFTDataset(Dataset):
         skip_bad_records: bool = False,
     ):
         self.data_path = Path(data_path)
-        if not self.data_path.is_file():
-            raise QueryError(f"data file {self.data_path} does not exist")
+        problem = local_file_error(str(self.data_path), "data")
+        if problem is not None:
+            raise QueryError(problem)
         self.spans = index_records(self.data_path)
         if len(self.spans) == 0:
             raise QueryError(f"data file {self.data_path} holds no records")
@@ -166,11 +170,15 @@ class SFTDataset(Dataset):
 
     def load(self, index: int) -> Features:
         """Features of record ``index``, truncated to ``max_length``; raises MossVLError naming the record."""
-        conversation = self.conversation(index)
         try:
+            conversation = self.conversation(index)
             features = self.encode(conversation)
         except MossVLError as exc:
+            if str(exc).startswith(f"record {index}:"):
+                raise
             raise type(exc)(f"record {index}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a hostile record fails alone (and is skipped if asked)
+            raise PreparationError(f"record {index}: {type(exc).__name__}: {exc}") from exc
         cut = truncation_point(features["input_ids"], features["labels"], self.max_length, self.tokens)
         if cut is None:
             raise QueryError(
