@@ -7,6 +7,7 @@ import pytest
 
 from mossvl.cli.main import main
 from mossvl.inference.engine import Engine
+from mossvl.inference.kv_pool import KVPool
 
 
 @pytest.fixture
@@ -93,6 +94,26 @@ def test_run_json_list_with_output_and_generation_flags(golden_dir, query_dir):
     assert report["mode_alias"] == "batch"
     assert report["results"][0]["generate_kwargs"]["max_new_tokens"] == 8  # the query's own setting wins
     assert report["results"][1]["generate_kwargs"]["max_new_tokens"] == 3
+
+
+def test_run_kv_cache_dtype_flag_reaches_the_engine(golden_dir, query_dir, monkeypatch):
+    chosen = []
+    original = KVPool.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        chosen.append(self.quantized)
+
+    monkeypatch.setattr(KVPool, "__init__", recording_init)
+    path = query_dir / "one.json"
+    path.write_text(json.dumps([QUERIES[0]]))
+    outputs = {}
+    for flag in ("int8", "model"):
+        out = query_dir / f"{flag}.json"
+        assert run_file(golden_dir, path, "--output", str(out), "--kv-cache-dtype", flag) == 0
+        outputs[flag] = json.loads(out.read_text())["results"][0]["text"]
+    assert chosen == [True, False]
+    assert outputs["int8"] == outputs["model"]  # the golden case keeps its greedy tokens with an int8 cache
 
 
 @pytest.mark.parametrize(

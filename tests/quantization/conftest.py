@@ -11,9 +11,6 @@ import pytest
 from mossvl.inference.api import demo_model_dir
 from mossvl.quantization import quantize_checkpoint
 
-# `import mossvl` does not register the quantizer yet (the hook belongs in mossvl/__init__.py); until then the
-# tests do it themselves.
-
 
 @pytest.fixture(autouse=True)
 def _single_thread(single_thread):

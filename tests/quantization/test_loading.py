@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForCausalLM
 
 import mossvl
@@ -134,6 +135,17 @@ def test_fp8_becomes_int8_on_the_cpu(quantized, golden_model, golden_expected, t
     reloaded = MossVLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs, use_cache=False).logits, logits)
+
+
+@needs_compressed_tensors
+def test_fp8_as_compressed_tensors_loads_it_answers_through_the_engine(quantized, golden_processor):
+    """compressed-tensors keeps FP8 weights in ``nn.Linear`` modules; the engine's CPU weight layout must leave
+    them as they are, or their forward multiplies float activations by float8 weights."""
+    model = MossVLForConditionalGeneration.from_pretrained(quantized("golden", "fp8-dynamic")).eval()
+    assert quantized_modules(model)
+    query = {"prompt": "What is it?", "images": [Image.new("RGB", (64, 64), "red")]}
+    answer = mossvl.chat(model, golden_processor, query, max_new_tokens=4, do_sample=False)
+    assert isinstance(answer, str)
 
 
 @needs_compressed_tensors

@@ -43,7 +43,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_kv_cache_argument(group: argparse._ArgumentGroup) -> None:
+def add_kv_cache_argument(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--kv-cache-dtype",
         default="auto",

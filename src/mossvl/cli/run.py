@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-query limit; a query that runs longer is cancelled and recorded as an error",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_kv_cache_argument(parser)
     common.add_model_arguments(parser)
     common.add_generation_arguments(parser)
     common.add_media_arguments(parser)
@@ -142,7 +143,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output) if args.output else input_path.with_name(f"{input_path.stem}_results.json")
     )
     model, processor = common.load_from_args(args)
-    engine = Engine(model, processor, EngineConfig(max_batch_size=args.batch_size))
+    engine_config = EngineConfig(
+        max_batch_size=args.batch_size, kv_cache_dtype=common.kv_cache_dtype_from_args(args)
+    )
+    engine = Engine(model, processor, engine_config)
 
     started = time.monotonic()
     records: list[dict | None] = [None] * len(queries)
@@ -203,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_on_ray(args: argparse.Namespace) -> int:
     """`mossvl run --ray`: the query file on Ray workers, results as JSON lines; exit status 1 if any query failed."""
+    from ..inference.core import EngineConfig
+
     try:
         from ..integrations.ray import run_ray_batch
     except ImportError as exc:
@@ -228,6 +234,9 @@ def run_on_ray(args: argparse.Namespace) -> int:
             "attn_implementation": args.attn_implementation,
             "cross_attention_implementation": args.cross_attention_implementation,
         },
+        engine_config=EngineConfig(
+            max_batch_size=args.batch_size, kv_cache_dtype=common.kv_cache_dtype_from_args(args)
+        ),
         generate_kwargs=common.generate_kwargs_from_args(args),
         media_kwargs=common.media_kwargs_from_args(args),
         timeout_seconds=args.timeout_seconds,

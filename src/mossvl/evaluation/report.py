@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,10 +71,10 @@ class EvalReport:
         for t in self.tasks:
             mae = "–" if t.mae_seconds is None else f"{t.mae_seconds:.2f}"
             lines.append(
-                f"| {t.task} | {t.scoring} | {t.n} | {_percent(t.accuracy)} | {_percent(t.chance)} | {t.unparsed} | {mae} |"
+                f"| {t.task} | {t.scoring} | {t.n} | {percent(t.accuracy)} | {percent(t.chance)} | {t.unparsed} | {mae} |"
             )
         lines.append(
-            f"| **all** | | {len(self.results)} | {_percent(self.accuracy)} (macro {_percent(self.macro_accuracy)}) "
+            f"| **all** | | {len(self.results)} | {percent(self.accuracy)} (macro {percent(self.macro_accuracy)}) "
             f"| | {sum(t.unparsed for t in self.tasks)} | |"
         )
         return "\n".join(lines) + "\n"
@@ -83,24 +83,30 @@ class EvalReport:
         """Write results.json, results.md, predictions.jsonl and eval.png into `out_dir`; returns their paths."""
         from .plot import plot_report  # matplotlib is slow to import; only writing a report needs it
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "json": out_dir / "results.json",
-            "markdown": out_dir / "results.md",
-            "predictions": out_dir / "predictions.jsonl",
-            "plot": out_dir / "eval.png",
-        }
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
-        with open(paths["predictions"], "w", encoding="utf-8") as f:
-            for result in self.results:
-                f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        plot_report(self, paths["plot"])
-        return paths
+        return write_report_files(out_dir, self, lambda path: plot_report(self, path))
 
 
-def _percent(value: float | None) -> str:
+def write_report_files(out_dir: str | os.PathLike, report, plot: Callable[[Path], None]) -> dict[str, Path]:
+    """Write a report's results.json (``to_dict``), results.md (``to_markdown``), predictions.jsonl (one line per
+    entry of ``results``) and eval.png (``plot``) into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "markdown": out_dir / "results.md",
+        "predictions": out_dir / "predictions.jsonl",
+        "plot": out_dir / "eval.png",
+    }
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(report.to_markdown(), encoding="utf-8")
+    with open(paths["predictions"], "w", encoding="utf-8") as f:
+        for result in report.results:
+            f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+    plot(paths["plot"])
+    return paths
+
+
+def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import MediaError, MossVLError, QueryError
 from ..inference.engine import Engine
 from ..inference.realtime_script import ScriptedStream, play_stream
+from .report import percent, write_report_files
 
 DEFAULT_TOLERANCE_FRAMES = 2
 CHANCE_RUNS = 200
@@ -281,8 +282,8 @@ class StreamReport:
         lines = [_row(name, m) for name, m in rows]
         chance = (
             f"| chance (speaks after {100 * self.chance['rate']:.1f}% of frames) | | | "
-            f"{_percent(self.chance['recall'])} | {_percent(self.chance['precision'])} | | "
-            f"{_percent(self.chance['false_alarm_rate'])} | | |"
+            f"{percent(self.chance['recall'])} | {percent(self.chance['precision'])} | | "
+            f"{percent(self.chance['false_alarm_rate'])} | | |"
         )
         return header + "\n".join([*lines, chance]) + "\n"
 
@@ -290,21 +291,7 @@ class StreamReport:
         """Write results.json, results.md, predictions.jsonl and eval.png into `out_dir`; returns their paths."""
         from .plot import plot_stream_report  # matplotlib is slow to import; only writing a report needs it
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "json": out_dir / "results.json",
-            "markdown": out_dir / "results.md",
-            "predictions": out_dir / "predictions.jsonl",
-            "plot": out_dir / "eval.png",
-        }
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
-        with open(paths["predictions"], "w", encoding="utf-8") as f:
-            for result in self.results:
-                f.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        plot_stream_report(self, paths["plot"])
-        return paths
+        return write_report_files(out_dir, self, lambda path: plot_stream_report(self, path))
 
 
 def _row(name: str, m: StreamMetrics) -> str:
@@ -313,17 +300,11 @@ def _row(name: str, m: StreamMetrics) -> str:
         if m.median_delay_frames is None
         else f"{m.median_delay_frames:g} fr ({m.median_delay_seconds:g} s)"
     )
-    alarms = (
-        "–" if m.false_alarm_rate is None else f"{_percent(m.false_alarm_rate)} of {m.event_free_streams}"
-    )
+    alarms = "–" if m.false_alarm_rate is None else f"{percent(m.false_alarm_rate)} of {m.event_free_streams}"
     return (
-        f"| {name} | {m.streams} | {m.events} | {_percent(m.recall)} | {_percent(m.precision)} | {delay} | {alarms} "
-        f"| {_percent(m.exact)} | {_percent(m.timed)} |"
+        f"| {name} | {m.streams} | {m.events} | {percent(m.recall)} | {percent(m.precision)} | {delay} | {alarms} "
+        f"| {percent(m.exact)} | {percent(m.timed)} |"
     )
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 PlayFn = Callable[[StreamCase], list[str]]

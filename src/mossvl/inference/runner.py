@@ -17,6 +17,7 @@ import torch
 from ..model import cross_attention_mask as xmask
 from ..model.modeling import store_linear_weights_input_major
 from ..model.text import CrossAttentionInputs
+from ..quantization import run_decompression_hook
 from .kv_pool import KVPool, PoolAccess
 
 # glibc mallopt parameters (malloc.h) and the values set by keep_freed_memory.
@@ -58,6 +59,7 @@ class ModelRunner:
     (``store_linear_weights_input_major``: same values, another memory layout)."""
 
     def __init__(self, model, pool: KVPool):
+        run_decompression_hook(model)
         if pool.device.type == "cpu":
             keep_freed_memory()
             store_linear_weights_input_major(model)

@@ -14,12 +14,13 @@ from .loading import (
     check_kv_cache_packaging,
     check_quantized_checkpoint,
     packaged_kv_cache_dtype,
+    run_decompression_hook,
 )
 
 __all__ = [
     "INT8_DYNAMIC_METHOD",
-    "METHODS",
     "Int8DynamicLinear",
+    "METHODS",
     "MossVLInt8DynamicConfig",
     "QuantizedCacheWarning",
     "adapt_quantized_model",
@@ -28,4 +29,5 @@ __all__ = [
     "packaged_kv_cache_dtype",
     "quantize_checkpoint",
     "register_quantizers",
+    "run_decompression_hook",
 ]

@@ -127,3 +127,13 @@ def adapt_quantized_model(model: torch.nn.Module, device: str | torch.device = "
     if torch.device(device).type == "cpu" and quantized_modules(model):
         to_int8_dynamic(model)
     return model
+
+
+def run_decompression_hook(model: torch.nn.Module) -> bool:
+    """Do now what a compressed-tensors model does on its first ``forward`` (a pre-hook that decompresses its FP8
+    weights in place); returns whether it had to. The engine calls the model's layers directly, so that hook would
+    never run and the layers would multiply float activations by FP8 weights."""
+    if getattr(model, "ct_decompress_hook", None) is None:
+        return False
+    model.hf_quantizer.compressor.decompress_model(model)
+    return True
