@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import ROOFLINE_MID, build_roofline_mid, frames_video, load_processor, random_frames
+from common import ROOFLINE_MID, build_mossvl, frames_video, load_processor, random_frames
 from torch import nn
 
 from mossvl.inference.core import EngineConfig
@@ -411,7 +411,7 @@ def overhead_steps(processor, query: dict, reps: int) -> tuple[float, float]:
     step costs beyond the arithmetic (Python, dispatch, scheduling)."""
     tiny = dict(ROOFLINE_MID, hidden=64, heads=2, kv_heads=1, head_dim=32, mrope_section=[6, 5, 5])
     tiny.update(intermediate=128, vocab=1024, vision_hidden=32, vision_heads=2)
-    model = build_roofline_mid(processor, sizes=tiny)
+    model = build_mossvl(tiny, processor)
     return engine_steps(
         Engine(model, processor, EngineConfig(max_batch_size=1, prefix_cache_size=0)), query, reps
     )
@@ -553,7 +553,7 @@ def main() -> None:
     limits.measure(args.reps + 2)
 
     processor = load_processor()
-    model = build_roofline_mid(processor)
+    model = build_mossvl(ROOFLINE_MID, processor)
     timers = Timers()
     watch_model(timers, model)
     # No prefix cache: every request prefills its whole prompt (the media cache keeps the ViT out of the prefill).

@@ -50,34 +50,44 @@ def token_ids(processor: MossVLProcessor) -> dict:
 
 
 def build_mossvl(sizes: dict, processor: MossVLProcessor, seed: int = 0) -> MossVLForConditionalGeneration:
-    """A random MOSS-VL of the given sizes that never emits EOS."""
+    """A random MOSS-VL of the given sizes (fp32, eval mode, cross gates 0.5) that never emits EOS.
+
+    Optional keys and their defaults: ``cross_layers`` (3 spread over the decoder, e.g. [2, 5, 8] of 12),
+    ``vocab`` (the demo tokenizer's), ``head_dim`` 64 with ``mrope_section`` [12, 10, 10], ``vision_heads`` 4 and
+    ``deepstack`` [0, 1, 2].
+    """
     torch.manual_seed(seed)
     layers = sizes["layers"]
-    cross = [layers * (i + 1) // 4 - 1 for i in range(3)]  # 3 cross layers, e.g. [2, 5, 8] of 12
+    cross = sizes.get("cross_layers") or [layers * (i + 1) // 4 - 1 for i in range(3)]
     config = MossVLConfig(
         vision_config={
             "depth": sizes["vision_depth"],
             "hidden_size": sizes["vision_hidden"],
             "intermediate_size": sizes["vision_hidden"] * 4,
-            "num_heads": 4,
+            "num_heads": sizes.get("vision_heads", 4),
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 1,
             "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [0, 1, 2],
+            "deepstack_visual_indexes": sizes.get("deepstack", [0, 1, 2]),
             "out_hidden_size": sizes["hidden"],
         },
         text_config={
-            "vocab_size": len(processor.tokenizer),
+            "vocab_size": sizes.get("vocab", len(processor.tokenizer)),
             "hidden_size": sizes["hidden"],
             "intermediate_size": sizes["intermediate"],
             "num_hidden_layers": layers,
             "num_attention_heads": sizes["heads"],
             "num_key_value_heads": sizes["kv_heads"],
-            "head_dim": 64,
+            "head_dim": sizes.get("head_dim", 64),
             "cross_attention_layers": cross,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [12, 10, 10]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": sizes.get("mrope_section", [12, 10, 10]),
+            },
         },
+        attn_implementation="sdpa",
         **token_ids(processor),
     )
     model = MossVLForConditionalGeneration(config).eval()
@@ -138,9 +148,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-# The "mid" configuration of the roofline benchmark (issue 18): the shape the side-by-side comparison with the
+# The "mid" configuration of the roofline benchmark: the shape the side-by-side comparison with the
 # official code used. Unlike ``mid_sizes`` it has the real 151,936-token vocabulary (so the LM head is a large
-# part of a decode step), 8 query / 4 KV heads of 128, cross-attention at [2, 6, 10] and an 8-block ViT.
+# part of a decode step), 8 query / 4 KV heads of 128, cross-attention at [2, 6, 10] and an 8-block ViT. Build it
+# with ``build_mossvl(ROOFLINE_MID, processor)``.
 ROOFLINE_MID = {
     "hidden": 1024,
     "layers": 12,
@@ -154,51 +165,5 @@ ROOFLINE_MID = {
     "vision_hidden": 256,
     "vision_depth": 8,
     "vision_heads": 4,
+    "deepstack": [1, 3, 5],
 }
-
-
-def build_roofline_mid(
-    processor: MossVLProcessor, seed: int = 0, sizes: dict | None = None
-) -> MossVLForConditionalGeneration:
-    """The random ``ROOFLINE_MID`` MOSS-VL, or one of other ``sizes`` with the same keys (fp32, eval mode, cross
-    gates 0.5, never emits EOS)."""
-    torch.manual_seed(seed)
-    sizes = sizes or ROOFLINE_MID
-    config = MossVLConfig(
-        vision_config={
-            "depth": sizes["vision_depth"],
-            "hidden_size": sizes["vision_hidden"],
-            "intermediate_size": sizes["vision_hidden"] * 4,
-            "num_heads": sizes["vision_heads"],
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 1,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [1, 3, 5],
-            "out_hidden_size": sizes["hidden"],
-        },
-        text_config={
-            "vocab_size": sizes["vocab"],
-            "hidden_size": sizes["hidden"],
-            "intermediate_size": sizes["intermediate"],
-            "num_hidden_layers": sizes["layers"],
-            "num_attention_heads": sizes["heads"],
-            "num_key_value_heads": sizes["kv_heads"],
-            "head_dim": sizes["head_dim"],
-            "cross_attention_layers": sizes["cross_layers"],
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 5e6,
-                "mrope_section": sizes["mrope_section"],
-            },
-        },
-        attn_implementation="sdpa",
-        **token_ids(processor),
-    )
-    model = MossVLForConditionalGeneration(config).eval()
-    for layer in sizes["cross_layers"]:
-        block = model.model.language_model.layers[layer]
-        block.cross_attn_attn_gate.data.fill_(0.5)
-        block.cross_attn_mlp_gate.data.fill_(0.5)
-    model.generation_config.eos_token_id = [-1]
-    return model

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -230,17 +231,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int) -> None:
-    """Generate the synthetic dataset unless `data_dir` already holds this exact one."""
-    from mossvl.data.synthetic import generate_dataset
+def prepare_data(
+    data_dir: Path,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    generate: Callable[..., dict] | None = None,
+    manifest_name: str = "dataset.json",
+) -> None:
+    """Generate the data unless `data_dir` already holds this exact set: the synthetic dataset, or what `generate`
+    (called like ``generate_dataset``) writes, with its manifest `manifest_name`."""
+    if generate is None:
+        from mossvl.data.synthetic import generate_dataset as generate
 
-    manifest = data_dir / "dataset.json"
+    manifest = data_dir / manifest_name
     wanted = {"seed": seed, "train": n_train, "test": n_test}
     have = json.loads(manifest.read_text()) if manifest.exists() else None
     if have is not None and have.get("demo") == wanted:
         return
     shutil.rmtree(data_dir, ignore_errors=True)
-    generate_dataset(data_dir, n_train, 0, n_test, seed=seed)
+    generate(data_dir, n_train, 0, n_test, seed=seed)
     have = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**have, "demo": wanted}, indent=2) + "\n")
 

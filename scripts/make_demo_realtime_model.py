@@ -18,10 +18,10 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import make_demo_model as demo_model  # the sibling script: run, mossvl_command, export, prepare_data
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = ROOT / "build" / "demo_realtime_model"
@@ -51,28 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(command: list[str]) -> None:
-    print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True)  # inherits HF_HUB_OFFLINE=1, which main() sets
-
-
-def mossvl_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mossvl.cli.main", *args]
-
-
 def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     """Generate the streams unless `data_dir` already holds this exact set."""
     from mossvl.data.synthetic_streams import generate_streams
 
-    manifest = data_dir / "streams.json"
-    wanted = {"seed": seed, "train": n_train, "test": n_test}
-    have = json.loads(manifest.read_text()) if manifest.exists() else None
-    if have is not None and have.get("demo") == wanted:
-        return
-    shutil.rmtree(data_dir, ignore_errors=True)
-    generate_streams(data_dir, n_train, 0, n_test, seed=seed)
-    have = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**have, "demo": wanted}, indent=2) + "\n")
+    demo_model.prepare_data(data_dir, n_train, n_test, seed, generate_streams, "streams.json")
 
 
 def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
@@ -81,7 +64,7 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
     steps = round(args.train * args.epochs / args.batch_size) if args.max_steps < 0 else args.max_steps
     shutil.rmtree(trained_dir, ignore_errors=True)
     # fmt: off
-    run(mossvl_command(
+    demo_model.run(demo_model.mossvl_command(
         "finetune",
         "--model_name_or_path", str(args.base_model), "--data_path", str(data_dir / "train.jsonl"),
         "--output_dir", str(trained_dir), "--dtype", "float32", "--use_cpu", "True",
@@ -103,21 +86,6 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
     (args.work_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"data and training took {summary['minutes']} min")
     return summary
-
-
-def export(trained_dir: Path, ship_dir: Path) -> None:
-    """Save the trained model with bf16 weights, its processor and tokenizer into `ship_dir` (replaced)."""
-    import torch
-
-    from mossvl.model import MossVLForConditionalGeneration
-    from mossvl.processing.processor import MossVLProcessor
-
-    model = MossVLForConditionalGeneration.from_pretrained(str(trained_dir), dtype=torch.float32)
-    processor = MossVLProcessor.from_pretrained(str(trained_dir))
-    if ship_dir.exists():
-        shutil.rmtree(ship_dir)
-    model.to(torch.bfloat16).save_pretrained(str(ship_dir))
-    processor.save_pretrained(str(ship_dir))
 
 
 def write_docs(docs_dir: Path, eval_dir: Path, summary: dict | None, weights_mib: float, n_test: int) -> None:
@@ -158,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(args, data_dir, trained_dir)
     model_dir = trained_dir if args.no_ship else args.ship_dir
     if not args.no_ship:
-        export(trained_dir, args.ship_dir)
+        demo_model.export(trained_dir, args.ship_dir)
     weights_mib = (model_dir / "model.safetensors").stat().st_size / 2**20
     print(f"model: {model_dir} ({weights_mib:.1f} MiB of weights)")
     eval_dir = work / "eval"
-    run(mossvl_command(
+    demo_model.run(demo_model.mossvl_command(
         "eval", "--streams", str(data_dir / "test_streams.jsonl"), "--model", str(model_dir),
         "--output", str(eval_dir),
     ))  # fmt: skip

@@ -6,11 +6,10 @@ call from any thread while generation runs.
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+from .event_channel import EventChannel
 from .request import Result, StreamEvent, error_result, new_request_id
 
 
@@ -20,12 +19,10 @@ class RequestHandle:
 
     def __init__(self, request_id: str):
         self.request_id = request_id
-        self._events: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
+        self._events: EventChannel[StreamEvent] = EventChannel()
         self._done = threading.Event()
         self._cancelled = threading.Event()
         self._result: Result | None = None
-        self._async: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
-        self._lock = threading.Lock()
 
     @classmethod
     def failed(cls, exc: BaseException) -> RequestHandle:
@@ -37,18 +34,11 @@ class RequestHandle:
     # ----- engine side -----------------------------------------------------------------------------------------
 
     def push(self, event: StreamEvent) -> None:
-        with self._lock:
-            if event.result is not None:
-                self._result = event.result
-            self._events.put(event)
-            if self._async is not None:
-                loop, async_queue = self._async
-                try:
-                    loop.call_soon_threadsafe(async_queue.put_nowait, event)
-                except RuntimeError:  # the reader's event loop is closed: nobody listens any more
-                    self._async = None
-            if event.result is not None:
-                self._done.set()
+        if event.result is not None:
+            self._result = event.result
+        self._events.put(event)
+        if event.result is not None:
+            self._done.set()
 
     # ----- caller side -----------------------------------------------------------------------------------------
 
@@ -72,18 +62,14 @@ class RequestHandle:
 
     def poll(self, timeout: float) -> StreamEvent | None:
         """The next event, or None when none comes within ``timeout`` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._events.get(timeout)
 
     def events(self, timeout: float | None = None) -> Iterator[StreamEvent]:
         """Events as they come, up to and including the one carrying the Result (read them from one place only)."""
         while True:
-            try:
-                event = self._events.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"request {self.request_id}: no output within {timeout} s") from None
+            event = self._events.get(timeout)
+            if event is None:
+                raise TimeoutError(f"request {self.request_id}: no output within {timeout} s")
             yield event
             if event.result is not None:
                 return
@@ -97,16 +83,5 @@ class RequestHandle:
 
     async def aevents(self) -> AsyncIterator[StreamEvent]:
         """``events()`` for an asyncio consumer (one consumer per handle)."""
-        async_queue: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            while True:  # events pushed before the consumer arrived
-                try:
-                    async_queue.put_nowait(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            self._async = (asyncio.get_running_loop(), async_queue)
-        while True:
-            event = await async_queue.get()
+        async for event in self._events.stream(lambda event: event.result is not None):
             yield event
-            if event.result is not None:
-                return

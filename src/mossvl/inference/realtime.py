@@ -23,7 +23,6 @@ carries control tokens: ``<|round_start|>`` before an answer's text, ``<|round_e
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
@@ -37,6 +36,7 @@ from ..errors import MossVLError, QueryError
 from ..processing.limits import InputLimits, check_prompt_chars
 from ..processing.prompt import continuation_text, realtime_frame_prompt
 from .engine import Engine, engine_for
+from .event_channel import EventChannel
 from .request import FINISH_CANCELLED, PreparedRequest, Result
 
 DEFAULT_MAX_TOKENS_PER_TURN = 86400  # the official default: a tokens-per-second pace that never binds
@@ -125,7 +125,7 @@ class RealtimeSession:
         self._lock = threading.Condition()
         self._frames: deque[_Input] = deque()
         self._prompts: deque[_Input] = deque()
-        self._events: queue.SimpleQueue[RealtimeEvent] = queue.SimpleQueue()
+        self._events: EventChannel[RealtimeEvent] = EventChannel()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._sequence = None
@@ -133,7 +133,6 @@ class RealtimeSession:
         self._last_timestamp = float("-inf")
         self._turn = 0
         self._handle = None
-        self._async: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
         self._answering = False
         self._opening: list[dict] = []
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "vision_tokens": 0, "frames": 0}
@@ -197,37 +196,15 @@ class RealtimeSession:
 
     async def aevents(self) -> AsyncIterator[RealtimeEvent]:
         """The typed events for an asyncio consumer (one consumer per session), up to ``closed``."""
-        async_queue: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            while True:  # events emitted before the consumer arrived
-                try:
-                    async_queue.put_nowait(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            self._async = (asyncio.get_running_loop(), async_queue)
-        while True:
-            event = await async_queue.get()
+        async for event in self._events.stream(lambda event: event.kind == "closed"):
             yield event
-            if event.kind == "closed":
-                return
 
     def _emit(self, event: RealtimeEvent) -> None:
-        with self._lock:
-            if self._async is None:
-                self._events.put(event)
-                return
-            loop, async_queue = self._async
-        try:
-            loop.call_soon_threadsafe(async_queue.put_nowait, event)
-        except RuntimeError:  # the consumer's loop is gone
-            self._async = None
+        self._events.put(event)
 
     def poll_event(self, timeout: float | None = None) -> RealtimeEvent | None:
         """The next typed event, or None after ``timeout`` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._events.get(timeout)
 
     def close(self, timeout: float | None = None, drain: bool = False) -> None:
         """End the session: at once (the answer in progress is cancelled, waiting inputs dropped), or with
