@@ -5,9 +5,11 @@ import threading
 import time
 
 import pytest
+import torch
 
 from mossvl.inference.core import EngineConfig
 from mossvl.inference.engine import Engine, EngineOverloadedError
+from mossvl.inference.handle import RequestHandle
 
 TIMEOUT = 60
 
@@ -179,3 +181,57 @@ def test_requests_that_start_alike_share_their_prefix_kv(golden_model, golden_pr
     prompt = engine.prepare(image_questions[1]).input_ids
     assert results[1].cached_tokens <= prompt.index(pad)
     assert [r.token_ids for r in results] == [r.token_ids for r in fresh.generate(image_questions)]
+
+
+def test_short_prefills_share_a_step_and_a_step_prefills_at_most_one_chunk(golden_model, golden_processor):
+    """Driving the core by hand: while one request decodes, a step prefills several short prompts at once, but never
+    more than one chunk's worth (``prefill_chunk_tokens``), so the decoding request waits for at most one chunk."""
+    engine = Engine(golden_model, golden_processor, EngineConfig(prefill_chunk_tokens=64))
+    core = engine.core
+
+    def add(prompt: str) -> RequestHandle:
+        request = engine.prepare({"prompt": prompt, "max_new_tokens": 40})
+        handle = RequestHandle(request.request_id)
+        core.add(request, handle)
+        return request
+
+    running = add("Talk.")
+    core.step()
+    assert len(core.decoding) == 1
+    short = [add(f"Hi {i}") for i in range(3)]
+    assert sum(len(r.input_ids) for r in short) <= 64
+    core.step()
+    assert len(core.decoding) == 4 and not core.prefilling
+    assert core.decoding[0].request is running and len(core.decoding[0].generated) == 3  # a token a step
+    long = [add("Please answer this. " * 2 + str(i)) for i in range(2)]
+    assert all(32 < len(r.input_ids) <= 64 for r in long)
+    core.step()
+    assert len(core.decoding) == 5 and len(core.prefilling) == 1  # a second prompt would pass the chunk
+    core.step()
+    assert len(core.decoding) == 6
+    with torch.inference_mode():  # as in the engine thread
+        core.fail_all(RuntimeError("test over"))
+
+
+def test_questions_about_one_video_submitted_together_encode_it_once_and_share_its_kv(
+    golden_model, golden_processor, media, monkeypatch
+):
+    """An eval harness sends all questions of a video at once: the later ones wait for the first one's prefill
+    (which runs first anyway), then copy its KV; one with another system prompt still skips the vision tower."""
+    engine = Engine(golden_model, golden_processor)
+    calls = []
+    encode = engine.core.runner.encode_frames
+    monkeypatch.setattr(engine.core.runner, "encode_frames", lambda *a: calls.append(1) or encode(*a))
+    queries = [
+        {"prompt": q, "videos": [media["vid_a"]], "max_new_tokens": 6}
+        for q in ("What happens?", "What moves?", "What colour is it?")
+    ]
+    queries.append({**queries[0], "system_prompt": "Answer in one word."})
+    results = engine.generate(queries)
+    assert all(r.ok for r in results) and len(calls) == 1
+    assert results[0].cached_tokens == 0 and results[1].cached_tokens > 20 and results[2].cached_tokens > 20
+    assert (
+        results[3].cached_tokens < 20
+    )  # another system prompt: the start differs, only the features are reused
+    alone = Engine(golden_model, golden_processor, EngineConfig(prefix_cache_size=0, media_cache_bytes=0))
+    assert [r.token_ids for r in results] == [alone.generate([q])[0].token_ids for q in queries]

@@ -25,13 +25,17 @@ def turns(media, first: str) -> list:
     ]
 
 
-def media_inputs(processor, query) -> list[MediaInput]:
-    """The media of a turn as the engine receives them (pixels, not cached features)."""
+def media_inputs(processor, query, first_index: int) -> list[MediaInput]:
+    """The media of a turn as the engine receives them (pixels, not cached features), keyed ``m<index>`` from
+    ``first_index`` on: the engine takes equal keys for the same media (its cache and prefix sharing do)."""
     if not isinstance(query, dict):
         return []
     images = processor.image_processor.process(query.get("images", []))
     videos = processor.video_processor.process(query.get("videos", []), num_extract_threads=1)
-    return [MediaInput(p.grid_thw, f"m{i}", pixels=p.pixel_values) for i, p in enumerate(images + videos)]
+    return [
+        MediaInput(p.grid_thw, f"m{i}", pixels=p.pixel_values)
+        for i, p in enumerate(images + videos, start=first_index)
+    ]
 
 
 def reprefill_reference(session: Session, session_turns: list, answers: list[list[int]], streams):
@@ -40,7 +44,7 @@ def reprefill_reference(session: Session, session_turns: list, answers: list[lis
     engine = Engine(session.engine.model, session.engine.processor)
     expected, segments, media, previous = [], [], [], 0
     for query, answer, stream in zip(session_turns, answers, streams, strict=True):
-        media += media_inputs(engine.processor, query)
+        media += media_inputs(engine.processor, query, len(media))
         # The stream holds the turn's prompt, then every answer token but the last.
         prompt_end = len(stream) - max(len(answer) - 1, 0)
         ids = stream[:prompt_end]

@@ -1,11 +1,12 @@
 """The CPU fast paths of the decoder compute what the general code does: one-query attention without SDPA, the
-fused float32 RMSNorm, cross layers without a row mask, and input-major linear weights."""
+fused float32 RMSNorm, cross layers without a row mask, and the oneDNN linear layer."""
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from mossvl.model import MossVLConfig, MossVLForConditionalGeneration
-from mossvl.model.modeling import store_linear_weights_input_major
+from mossvl.model.linear import Linear, onednn_linear_available, uses_onednn
 from mossvl.model.text import (
     CrossAttentionInputs,
     MossVLTextRMSNorm,
@@ -74,27 +75,40 @@ def test_cross_layer_without_masks_equals_all_visible_masks(golden_dir):
     torch.testing.assert_close(run(None, None), masked, rtol=0, atol=1e-6)
 
 
-@torch.no_grad()
-def test_input_major_weights_keep_values_and_results(golden_dir, golden_expected, tmp_path):
-    expected = golden_expected("interleaved")
-    keys = ("input_ids", "attention_mask", "pixel_values", "grid_thw", "media_nums_per_sample")
-    inputs = {key: expected[key] for key in keys}
-    model = MossVLForConditionalGeneration.from_pretrained(golden_dir, dtype=torch.float32).eval()
-    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    reference = model(**inputs, use_cache=False).logits
-    assert store_linear_weights_input_major(model) > 0
-    assert store_linear_weights_input_major(model) == 0  # already input-major
-    assert model.lm_head.weight.stride() == (1, model.lm_head.out_features)
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, before[name]), name
-    torch.testing.assert_close(model(**inputs, use_cache=False).logits, reference, rtol=0, atol=1e-5)
-    model.save_pretrained(tmp_path)
-    reloaded = MossVLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32)
-    assert torch.equal(reloaded.lm_head.weight, before["lm_head.weight"])
+@pytest.mark.parametrize(
+    "shape_of_inputs", [(5, 64), (2, 7, 64), (1, 1, 64), (0, 64)], ids=["rows", "batch", "one", "empty"]
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_linear_matches_f_linear(shape_of_inputs, bias):
+    torch.manual_seed(0)
+    layer = Linear(64, 48, bias=bias)
+    inputs = torch.randn(*shape_of_inputs)
+    with torch.no_grad():
+        assert uses_onednn(inputs, layer.weight, layer.bias) == onednn_linear_available()
+        torch.testing.assert_close(
+            layer(inputs), F.linear(inputs, layer.weight, layer.bias), rtol=1e-5, atol=1e-5
+        )
+        sliced = torch.randn(3, 9, 64)[:, -1]  # the LM head reads the last position of each row: strided rows
+        torch.testing.assert_close(
+            layer(sliced), F.linear(sliced, layer.weight, layer.bias), rtol=1e-5, atol=1e-5
+        )
 
 
-def test_input_major_weights_leave_a_tied_lm_head(golden_dir):
+def test_linear_needing_gradients_or_other_dtypes_takes_nn_linear_path():
+    torch.manual_seed(0)
+    layer = Linear(16, 8, bias=True)
+    inputs = torch.randn(4, 16, requires_grad=True)
+    assert not uses_onednn(inputs, layer.weight, layer.bias)  # oneDNN's kernel has no backward
+    layer(inputs).square().sum().backward()
+    reference = inputs.detach().clone().requires_grad_()
+    F.linear(reference, layer.weight, layer.bias).square().sum().backward()
+    torch.testing.assert_close(inputs.grad, reference.grad)
+    with torch.no_grad():
+        assert not uses_onednn(inputs.bfloat16(), layer.weight.bfloat16(), None)
+        assert uses_onednn(inputs, layer.weight, layer.bias) == onednn_linear_available()
+
+
+def test_model_uses_the_onednn_linear_for_every_projection(golden_dir):
     model = MossVLForConditionalGeneration(MossVLConfig.from_pretrained(golden_dir))
-    model.lm_head.weight = model.get_input_embeddings().weight
-    store_linear_weights_input_major(model)
-    assert model.get_input_embeddings().weight.is_contiguous()
+    projections = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert projections and all(isinstance(m, Linear) for m in projections)

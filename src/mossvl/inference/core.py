@@ -1,9 +1,11 @@
 """The engine core: continuous batching of prepared requests over one model and one KV pool.
 
-Each ``step()`` runs at most one prefill work unit (a chunk of frames through the vision tower, or a chunk of
-prompt text) and then one decode step for every sequence that is generating. A new request joins the running
-batch as soon as its prefill is done and leaves it when it finishes or is cancelled; a long prefill never stalls
-the others for more than one unit (``EngineConfig.prefill_chunk_frames`` / ``prefill_chunk_tokens``).
+Each ``step()`` runs prefill work units (chunks of frames through the vision tower, chunks of prompt text) worth
+at most one full chunk, ``EngineConfig.prefill_chunk_frames`` frames or ``prefill_chunk_tokens`` tokens, and then
+one decode step for every sequence that is generating. Small units share a step (a unit of f frames and t tokens
+costs f / prefill_chunk_frames + t / prefill_chunk_tokens of it), so short prompts and the ends of long ones do
+not each cost a decode step. A new request joins the running batch as soon as its prefill is done and leaves it
+when it finishes or is cancelled; a long prefill never stalls the others for more than one chunk.
 
 Admission: a waiting request gets a pool row when fewer than ``max_batch_size`` sequences are prefilling or
 decoding and its KV fits the memory limit (prompt + ``max_new_tokens`` text entries plus its vision memory, for
@@ -70,11 +72,11 @@ class EngineConfig:
 
     ``max_batch_size``: sequences prefilling or decoding at once. ``kv_cache_bytes``: memory limit of the KV pool
     (None: a quarter of the machine's RAM on CPU, half the free GPU memory on CUDA). ``prefill_chunk_tokens`` /
-    ``prefill_chunk_frames``: the largest prefill work unit, i.e. the longest a prefill may delay the decoding
-    sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it). ``max_kept_sequences``:
-    idle sequences kept for later turns. ``prefix_cache_size``: finished sequences whose KV later requests that
-    start with the same tokens and media reuse (0 disables it). ``max_waiting``: queued requests beyond this are
-    refused at submission (None: no limit). ``kv_cache_dtype``: how the KV pool stores K/V, ``"model"`` (the model
+    ``prefill_chunk_frames``: the prefill work of one step (the largest unit), i.e. the longest a prefill may
+    delay the decoding sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it).
+    ``max_kept_sequences``: idle sequences kept for later turns. ``prefix_cache_size``: finished sequences whose
+    KV later requests that start with the same tokens and media reuse (0 disables prefix sharing, also from
+    running requests). ``max_waiting``: queued requests beyond this are refused at submission (None: no limit). ``kv_cache_dtype``: how the KV pool stores K/V, ``"model"`` (the model
     dtype) or ``"int8"`` (per-token scales; about half of bf16's memory, a quarter of fp32's); None: the
     checkpoint's choice, int8 if its generation_config asks for an 8-bit quantized cache, else the model dtype.
     """
@@ -247,14 +249,18 @@ class EngineCore:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit what fits, run one prefill unit (all of them while nothing decodes), then one decode step."""
+        """Admit what fits, run one chunk's worth of prefill units (all of them while nothing decodes), then one
+        decode step."""
         self._drop_cancelled()
         self._admit()
-        if self.prefilling:
+        spent = 0.0
+        while self.prefilling:
+            cost = self._unit_cost(self.prefilling[0].units[0])
+            if self.decoding and spent and spent + cost > 1.0:
+                break
+            spent += cost
             self._prefill_unit(self.prefilling[0])
-            while self.prefilling and not self.decoding:
-                self._prefill_unit(self.prefilling[0])
-                self._admit()
+            self._admit()
         if self.decoding:
             now = time.monotonic()
             due = [self._next_due(active) for active in self.decoding]
@@ -284,6 +290,8 @@ class EngineCore:
                 self.waiting.popleft()
                 handle.push(StreamEvent("", result=_unstarted(request, FINISH_CANCELLED)))
                 continue
+            if self._media_in_prefill(request):
+                return
             try:
                 active = self._plan(request, handle)
                 fits = self._make_room(active)
@@ -295,6 +303,18 @@ class EngineCore:
                 return
             self.waiting.popleft()
             self._start(active)
+
+    def _media_in_prefill(self, request: PreparedRequest) -> bool:
+        """Whether an earlier new request with the same first media item is still prefilling. This one then waits
+        for it, to copy its KV (and skip the vision tower) once it decodes: prefill runs first in, first out, so
+        waiting delays no work of this request, while starting now would repeat all of it."""
+        if request.sequence is not None or not request.media or not self.config.prefix_cache_size:
+            return False
+        key = request.media[0].key
+        return any(
+            active.request.sequence is None and active.request.media and active.request.media[0].key == key
+            for active in self.prefilling
+        )
 
     def _plan(self, request: PreparedRequest, handle: RequestHandle) -> _Active:
         """Positions, staircase prefixes and work units of a request; raises for one that can never run."""
@@ -375,13 +395,15 @@ class EngineCore:
         )
 
     def _shared_prefix(self, ids: list[int], frame_keys: list[str]) -> tuple[Sequence | None, int, int]:
-        """The idle sequence sharing the longest start with a new request: (it, tokens, frames) to copy.
+        """The idle or decoding sequence sharing the longest start with a new request: (it, tokens, frames) to copy.
 
         Tokens match when their ids do and every frame among them comes from the same media with the same
-        settings (its key); at least one token is left to compute the request's first logits."""
+        settings (its key); at least one token is left to compute the request's first logits. A decoding sequence
+        lends its prompt, whose KV stays as prefilled while it decodes (unless prefix sharing is off)."""
         best: tuple[Sequence | None, int, int] = (None, 0, 0)
         image = self.image_token_id
-        for sequence in [*self.cached.values(), *self.kept.values()]:
+        decoding = [active.sequence for active in self.decoding] if self.config.prefix_cache_size else []
+        for sequence in [*self.cached.values(), *self.kept.values(), *decoding]:
             limit = min(sequence.shareable, len(ids) - 1)
             length = 0
             while length < limit and sequence.tokens[length] == ids[length]:
@@ -494,6 +516,12 @@ class EngineCore:
 
     # ----- prefill -------------------------------------------------------------------------------------------
 
+    def _unit_cost(self, unit: tuple) -> float:
+        """A work unit's share of one step's prefill: 1 for a full chunk of frames or of tokens."""
+        if unit[0] == "vision":
+            return (unit[3] - unit[2]) / self.config.prefill_chunk_frames
+        return (unit[2] - unit[1]) / self.config.prefill_chunk_tokens
+
     def _prefill_unit(self, active: _Active) -> None:
         """Run the next work unit of the request at the head of the prefill queue."""
         unit = active.units.popleft()
@@ -513,6 +541,9 @@ class EngineCore:
         media = active.request.media[media_index]
         _, height, width = media.grid_thw
         per_frame = height * width // self.runner.merge**2
+        if media.features is None and first == 0:
+            # An earlier request of the same media may have encoded it since this one was prepared.
+            media.features = self.media_cache.get(media.key, record_miss=False)
         if media.features is not None:
             features = media.features[first * per_frame : last * per_frame]
         else:

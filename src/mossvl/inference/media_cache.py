@@ -24,11 +24,12 @@ class MediaCache:
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, record_miss: bool = True) -> torch.Tensor | None:
+        """The features cached under ``key``, or None; ``record_miss=False`` for a second look after a miss."""
         with self._lock:
             features = self._entries.get(key)
             if features is None:
-                self.misses += 1
+                self.misses += record_miss
                 return None
             self._entries.move_to_end(key)
             self.hits += 1

@@ -15,7 +15,6 @@ import sys
 import torch
 
 from ..model import cross_attention_mask as xmask
-from ..model.modeling import store_linear_weights_input_major
 from ..model.text import CrossAttentionInputs
 from ..quantization import run_decompression_hook
 from .kv_pool import KVPool, PoolAccess
@@ -55,14 +54,12 @@ def keep_freed_memory() -> bool:
 
 class ModelRunner:
     """Runs a MOSS-VL model over a ``KVPool``. On the CPU it keeps freed memory in the process
-    (``keep_freed_memory``) and lays the decoder's weights out for decode steps
-    (``store_linear_weights_input_major``: same values, another memory layout)."""
+    (``keep_freed_memory``)."""
 
     def __init__(self, model, pool: KVPool):
         run_decompression_hook(model)
         if pool.device.type == "cpu":
             keep_freed_memory()
-            store_linear_weights_input_major(model)
         self.model = model
         self.core = model.model
         self.text = self.core.language_model

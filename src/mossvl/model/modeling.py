@@ -20,6 +20,7 @@ from . import cross_attention_mask as xmask
 from .cache import MossVLCache
 from .compat import CACHE_FIELD, cache_argument
 from .configuration import MossVLConfig
+from .linear import Linear
 from .text import CROSS_ATTENTION_IMPLEMENTATIONS, CrossAttentionInputs, MossVLTextModel, init_text_weights
 from .vision import MossVLVisionModel, MossVLVisionRotaryEmbedding, init_vision_weights
 from .xrope import frame_grids, text_position_ids, vision_position_ids
@@ -416,7 +417,7 @@ class MossVLForConditionalGeneration(MossVLPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MossVLModel(config)
         text = config.text_config
-        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.lm_head = Linear(text.hidden_size, text.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -539,38 +540,8 @@ class MossVLForConditionalGeneration(MossVLPreTrainedModel, GenerationMixin):
             model_kwargs[CACHE_FIELD] = MossVLCache(self.config)
 
 
-_DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@torch.no_grad()
-def store_linear_weights_input_major(model: MossVLForConditionalGeneration) -> int:
-    """Lay out the decoder's and the LM head's linear weights input-major: each stays an (out, in) tensor with the
-    same values, whose memory holds the (in, out) matrix (a transposed view). Returns how many were changed.
-
-    A decode step multiplies one token by every weight, a memory-bound matrix-vector product; on the CPU, MKL
-    streams the input-major layout ~20% faster (benchmarks/bench_roofline.py: 9% of a 'mid' decode step), while
-    products over many tokens (prefill) run at the same speed. An LM head tied to the embedding is left alone, as
-    the embedding reads rows. Quantized layers keep their own layout: ours are not ``nn.Linear``, and
-    compressed-tensors' are ``nn.Linear`` with 8-bit weights that its forward reads as stored.
-    """
-    embedding = model.get_input_embeddings().weight
-    changed = 0
-    for module in [*model.model.language_model.layers.modules(), model.lm_head]:
-        if (
-            not isinstance(module, nn.Linear)
-            or module.weight.dtype not in _DENSE_DTYPES
-            or module.weight is embedding
-            or module.weight.stride(0) == 1
-        ):
-            continue
-        module.weight.data = module.weight.data.t().contiguous().t()
-        changed += 1
-    return changed
-
-
 __all__ = [
     "MossVLForConditionalGeneration",
     "MossVLModel",
     "MossVLPreTrainedModel",
-    "store_linear_weights_input_major",
 ]

@@ -20,6 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..errors import ConfigError, MediaError
 from .configuration import MossVLVisionConfig
+from .linear import Linear, linear
 
 ROTARY_THETA = 10000.0
 
@@ -82,7 +83,7 @@ class MossVLVisionPatchEmbed(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # The Conv3d weight (hidden, C, tp, p, p) flattens in the same (C, tp, p, p) order as a patch row.
         weight = self.proj.weight.flatten(1)  # (hidden, C*tp*p*p)
-        return F.linear(pixel_values.to(weight.dtype), weight, self.proj.bias)  # (N, hidden)
+        return linear(pixel_values.to(weight.dtype), weight, self.proj.bias)  # (N, hidden)
 
 
 class MossVLVisionRotaryEmbedding(nn.Module):
@@ -115,8 +116,8 @@ class MossVLVisionAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.hidden_size // config.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
+        self.proj = Linear(config.hidden_size, config.hidden_size, bias=True)
 
     def forward(
         self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, groups: list[FrameGroup]
@@ -143,8 +144,8 @@ class MossVLVisionAttention(nn.Module):
 class MossVLVisionMLP(nn.Module):
     def __init__(self, config: MossVLVisionConfig):
         super().__init__()
-        self.linear_fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
-        self.linear_fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+        self.linear_fc1 = Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.linear_fc2 = Linear(config.intermediate_size, config.hidden_size, bias=True)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -176,9 +177,9 @@ class MossVLVisionMerger(nn.Module):
         num_levels = 1 + len(config.deepstack_visual_indexes)
         self.input_size = num_levels * config.hidden_size * config.spatial_merge_size**2
         self.norms = nn.ModuleList(nn.LayerNorm(config.hidden_size, eps=1e-6) for _ in range(num_levels))
-        self.linear_fc1 = nn.Linear(self.input_size, self.input_size, bias=True)
+        self.linear_fc1 = Linear(self.input_size, self.input_size, bias=True)
         self.act_fn = nn.GELU()  # exact erf GELU here, unlike the tanh GELU of the blocks
-        self.linear_fc2 = nn.Linear(self.input_size, config.out_hidden_size, bias=True)
+        self.linear_fc2 = Linear(self.input_size, config.out_hidden_size, bias=True)
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """levels: [final, tap_0, tap_1, ...], each (N, hidden) → (N / merge², out_hidden_size)."""
