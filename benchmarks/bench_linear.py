@@ -1,9 +1,10 @@
-"""Benchmark: float32 linear layers on the CPU, PyTorch's default path (MKL) vs oneDNN (``mossvl.model.linear``).
+"""Benchmark: float32 linear layers on the CPU, PyTorch's default path (MKL) vs ``mossvl.model.linear``.
 
-The weights are the "mid" model's decoder projections (12 layers: q, k, v, o, gate, up, down; 544 MB in float32,
-more than the CPU caches hold, as in a real decode step). Each row count multiplies that many input rows by every
-weight: 1 is a decode step of one sequence, 2-16 a decode step of a batch, 512 a prefill chunk. Both paths run in
-the same process on the same tensors; the ratio is MKL time / oneDNN time.
+``mossvl.model.linear`` sends weights of at least 512 x 1024 elements to oneDNN and the smaller ones (here the k and
+v projections, 256 x 1024) to MKL. The weights are the "mid" model's decoder projections (12 layers: q, k, v, o,
+gate, up, down; 516 MiB in float32, more than the CPU caches hold, as in a real decode step). Each row count
+multiplies that many input rows by every weight: 1 is a decode step of one sequence, 2-16 a decode step of a batch,
+512 a prefill chunk. Both paths run in the same process on the same tensors; the ratio is MKL time / our time.
 
     .venv/bin/python benchmarks/bench_linear.py [--threads 2] [--repeats 10]
 """
@@ -54,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     weights = decoder_weights(mid_sizes())
     megabytes = sum(w.numel() for w in weights) * 4 / 2**20
-    print("# float32 linear: MKL (F.linear) vs oneDNN (mossvl.model.linear)\n")
+    print("# float32 linear: MKL (F.linear) vs mossvl.model.linear (oneDNN for large weights)\n")
     print(f"torch {torch.__version__}, {args.threads} threads, {len(weights)} weights, {megabytes:.0f} MiB\n")
     print("| rows | MKL ms | oneDNN ms | speed-up | max difference |\n|---:|---:|---:|---:|---:|")
     for rows in (1, 2, 4, 8, 16, 64, 512):

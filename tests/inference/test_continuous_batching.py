@@ -5,11 +5,9 @@ import threading
 import time
 
 import pytest
-import torch
 
 from mossvl.inference.core import EngineConfig
 from mossvl.inference.engine import Engine, EngineOverloadedError
-from mossvl.inference.handle import RequestHandle
 
 TIMEOUT = 60
 
@@ -181,36 +179,6 @@ def test_requests_that_start_alike_share_their_prefix_kv(golden_model, golden_pr
     prompt = engine.prepare(image_questions[1]).input_ids
     assert results[1].cached_tokens <= prompt.index(pad)
     assert [r.token_ids for r in results] == [r.token_ids for r in fresh.generate(image_questions)]
-
-
-def test_short_prefills_share_a_step_and_a_step_prefills_at_most_one_chunk(golden_model, golden_processor):
-    """Driving the core by hand: while one request decodes, a step prefills several short prompts at once, but never
-    more than one chunk's worth (``prefill_chunk_tokens``), so the decoding request waits for at most one chunk."""
-    engine = Engine(golden_model, golden_processor, EngineConfig(prefill_chunk_tokens=64))
-    core = engine.core
-
-    def add(prompt: str) -> RequestHandle:
-        request = engine.prepare({"prompt": prompt, "max_new_tokens": 40})
-        handle = RequestHandle(request.request_id)
-        core.add(request, handle)
-        return request
-
-    running = add("Talk.")
-    core.step()
-    assert len(core.decoding) == 1
-    short = [add(f"Hi {i}") for i in range(3)]
-    assert sum(len(r.input_ids) for r in short) <= 64
-    core.step()
-    assert len(core.decoding) == 4 and not core.prefilling
-    assert core.decoding[0].request is running and len(core.decoding[0].generated) == 3  # a token a step
-    long = [add("Please answer this. " * 2 + str(i)) for i in range(2)]
-    assert all(32 < len(r.input_ids) <= 64 for r in long)
-    core.step()
-    assert len(core.decoding) == 5 and len(core.prefilling) == 1  # a second prompt would pass the chunk
-    core.step()
-    assert len(core.decoding) == 6
-    with torch.inference_mode():  # as in the engine thread
-        core.fail_all(RuntimeError("test over"))
 
 
 def test_questions_about_one_video_submitted_together_encode_it_once_and_share_its_kv(

@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from mossvl.model import MossVLConfig, MossVLForConditionalGeneration
-from mossvl.model.linear import Linear, onednn_linear_available, uses_onednn
+from mossvl.model.linear import MIN_ONEDNN_WEIGHT_ELEMENTS, Linear, onednn_linear_available, uses_onednn
 from mossvl.model.text import (
     CrossAttentionInputs,
     MossVLTextRMSNorm,
@@ -81,7 +81,7 @@ def test_cross_layer_without_masks_equals_all_visible_masks(golden_dir):
 @pytest.mark.parametrize("bias", [False, True])
 def test_onednn_linear_matches_f_linear(shape_of_inputs, bias):
     torch.manual_seed(0)
-    layer = Linear(64, 48, bias=bias)
+    layer = Linear(64, MIN_ONEDNN_WEIGHT_ELEMENTS // 64, bias=bias)
     inputs = torch.randn(*shape_of_inputs)
     with torch.no_grad():
         assert uses_onednn(inputs, layer.weight, layer.bias) == onednn_linear_available()
@@ -94,9 +94,9 @@ def test_onednn_linear_matches_f_linear(shape_of_inputs, bias):
         )
 
 
-def test_linear_needing_gradients_or_other_dtypes_takes_nn_linear_path():
+def test_linear_needing_gradients_other_dtypes_or_small_weights_takes_nn_linear_path():
     torch.manual_seed(0)
-    layer = Linear(16, 8, bias=True)
+    layer = Linear(16, MIN_ONEDNN_WEIGHT_ELEMENTS // 16, bias=True)
     inputs = torch.randn(4, 16, requires_grad=True)
     assert not uses_onednn(inputs, layer.weight, layer.bias)  # oneDNN's kernel has no backward
     layer(inputs).square().sum().backward()
@@ -106,6 +106,7 @@ def test_linear_needing_gradients_or_other_dtypes_takes_nn_linear_path():
     with torch.no_grad():
         assert not uses_onednn(inputs.bfloat16(), layer.weight.bfloat16(), None)
         assert uses_onednn(inputs, layer.weight, layer.bias) == onednn_linear_available()
+        assert not uses_onednn(inputs, layer.weight[:-1], layer.bias[:-1])  # one row under the threshold
 
 
 def test_model_uses_the_onednn_linear_for_every_projection(golden_dir):

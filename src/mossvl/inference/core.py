@@ -1,11 +1,11 @@
 """The engine core: continuous batching of prepared requests over one model and one KV pool.
 
-Each ``step()`` runs prefill work units (chunks of frames through the vision tower, chunks of prompt text) worth
-at most one full chunk, ``EngineConfig.prefill_chunk_frames`` frames or ``prefill_chunk_tokens`` tokens, and then
-one decode step for every sequence that is generating. Small units share a step (a unit of f frames and t tokens
-costs f / prefill_chunk_frames + t / prefill_chunk_tokens of it), so short prompts and the ends of long ones do
-not each cost a decode step. A new request joins the running batch as soon as its prefill is done and leaves it
-when it finishes or is cancelled; a long prefill never stalls the others for more than one chunk.
+Each ``step()`` runs at most one prefill work unit (a chunk of frames through the vision tower, or a chunk of
+prompt text) and then one decode step for every sequence that is generating. A new request joins the running
+batch as soon as its prefill is done and leaves it when it finishes or is cancelled; a long prefill never stalls
+the others for more than one unit (``EngineConfig.prefill_chunk_frames`` / ``prefill_chunk_tokens``). Running
+several small units per step measured no faster under load and made realtime answers 3x slower to stream (a step
+prefilled several sessions' frames before each decode step), so a step keeps to one unit.
 
 Admission: a waiting request gets a pool row when fewer than ``max_batch_size`` sequences are prefilling or
 decoding and its KV fits the memory limit (prompt + ``max_new_tokens`` text entries plus its vision memory, for
@@ -72,13 +72,14 @@ class EngineConfig:
 
     ``max_batch_size``: sequences prefilling or decoding at once. ``kv_cache_bytes``: memory limit of the KV pool
     (None: a quarter of the machine's RAM on CPU, half the free GPU memory on CUDA). ``prefill_chunk_tokens`` /
-    ``prefill_chunk_frames``: the prefill work of one step (the largest unit), i.e. the longest a prefill may
-    delay the decoding sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it).
+    ``prefill_chunk_frames``: the largest prefill work unit, i.e. the longest a prefill may delay the decoding
+    sequences. ``media_cache_bytes``: size of the vision-feature cache (0 disables it).
     ``max_kept_sequences``: idle sequences kept for later turns. ``prefix_cache_size``: finished sequences whose
     KV later requests that start with the same tokens and media reuse (0 disables prefix sharing, also from
-    running requests). ``max_waiting``: queued requests beyond this are refused at submission (None: no limit). ``kv_cache_dtype``: how the KV pool stores K/V, ``"model"`` (the model
-    dtype) or ``"int8"`` (per-token scales; about half of bf16's memory, a quarter of fp32's); None: the
-    checkpoint's choice, int8 if its generation_config asks for an 8-bit quantized cache, else the model dtype.
+    running requests). ``max_waiting``: queued requests beyond this are refused at submission (None: no limit).
+    ``kv_cache_dtype``: how the KV pool stores K/V, ``"model"`` (the model dtype) or ``"int8"`` (per-token scales;
+    about half of bf16's memory, a quarter of fp32's); None: the checkpoint's choice, int8 if its
+    generation_config asks for an 8-bit quantized cache, else the model dtype.
     """
 
     max_batch_size: int = 16
@@ -249,18 +250,14 @@ class EngineCore:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit what fits, run one chunk's worth of prefill units (all of them while nothing decodes), then one
-        decode step."""
+        """Admit what fits, run one prefill unit (all of them while nothing decodes), then one decode step."""
         self._drop_cancelled()
         self._admit()
-        spent = 0.0
-        while self.prefilling:
-            cost = self._unit_cost(self.prefilling[0].units[0])
-            if self.decoding and spent and spent + cost > 1.0:
-                break
-            spent += cost
+        if self.prefilling:
             self._prefill_unit(self.prefilling[0])
-            self._admit()
+            while self.prefilling and not self.decoding:
+                self._prefill_unit(self.prefilling[0])
+                self._admit()
         if self.decoding:
             now = time.monotonic()
             due = [self._next_due(active) for active in self.decoding]
@@ -515,12 +512,6 @@ class EngineCore:
         sequence.frame_times = sequence.frame_times[drop:]
 
     # ----- prefill -------------------------------------------------------------------------------------------
-
-    def _unit_cost(self, unit: tuple) -> float:
-        """A work unit's share of one step's prefill: 1 for a full chunk of frames or of tokens."""
-        if unit[0] == "vision":
-            return (unit[3] - unit[2]) / self.config.prefill_chunk_frames
-        return (unit[2] - unit[1]) / self.config.prefill_chunk_tokens
 
     def _prefill_unit(self, active: _Active) -> None:
         """Run the next work unit of the request at the head of the prefill queue."""
