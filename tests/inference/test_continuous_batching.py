@@ -5,9 +5,12 @@ import threading
 import time
 
 import pytest
+import torch
 
 from mossvl.inference.core import EngineConfig
 from mossvl.inference.engine import Engine, EngineOverloadedError
+from mossvl.inference.handle import RequestHandle
+from mossvl.inference.request import PreparedRequest
 
 TIMEOUT = 60
 
@@ -179,6 +182,42 @@ def test_requests_that_start_alike_share_their_prefix_kv(golden_model, golden_pr
     prompt = engine.prepare(image_questions[1]).input_ids
     assert results[1].cached_tokens <= prompt.index(pad)
     assert [r.token_ids for r in results] == [r.token_ids for r in fresh.generate(image_questions)]
+
+
+def test_a_step_prefills_short_prompts_together_but_one_chunk_and_one_vision_unit_at_most(
+    golden_model, golden_processor, media
+):
+    """Driving the core by hand: while one request decodes, a step prefills several short prompts at once, but
+    never more than one chunk's worth (``prefill_chunk_tokens``) nor more than one vision unit, so the decoding
+    request waits for at most one chunk and realtime frames each get a decode step."""
+    engine = Engine(golden_model, golden_processor, EngineConfig(prefill_chunk_tokens=64))
+    core = engine.core
+
+    def add(query) -> PreparedRequest:
+        request = engine.prepare({**query, "max_new_tokens": 40} if isinstance(query, dict) else query)
+        core.add(request, RequestHandle(request.request_id))
+        return request
+
+    running = add({"prompt": "Talk."})
+    core.step()
+    assert len(core.decoding) == 1
+    short = [add({"prompt": f"Hi {i}"}) for i in range(3)]
+    assert sum(len(r.input_ids) for r in short) <= 64
+    core.step()
+    assert len(core.decoding) == 4 and not core.prefilling
+    assert core.decoding[0].request is running and len(core.decoding[0].generated) == 3  # a token a step
+    long = [add({"prompt": "Please answer this. " * 2 + str(i)}) for i in range(2)]
+    assert all(32 < len(r.input_ids) <= 64 for r in long)
+    core.step()
+    assert len(core.decoding) == 5 and len(core.prefilling) == 1  # a second prompt would pass the chunk
+    core.step()
+    assert len(core.decoding) == 6
+    images = [add({"prompt": "Hi", "images": [media[name]]}) for name in ("img_a", "img_d")]
+    assert all(len(r.input_ids) < 32 for r in images)
+    core.step()
+    assert len(core.decoding) == 7 and len(core.prefilling) == 1  # the second image waits for the next step
+    with torch.inference_mode():  # as in the engine thread
+        core.fail_all(RuntimeError("test over"))
 
 
 def test_questions_about_one_video_submitted_together_encode_it_once_and_share_its_kv(
