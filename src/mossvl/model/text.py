@@ -56,6 +56,16 @@ class MossVLTextMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(hidden)) * self.up_proj(hidden))
 
 
+def apply_attention_mask(scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention scores with a mask applied: bool (True = attend) masks fill the rest with the dtype's minimum,
+    float masks are added."""
+    if attention_mask is None:
+        return scores
+    if attention_mask.dtype == torch.bool:
+        return scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    return scores + attention_mask
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -71,11 +81,7 @@ def eager_attention_forward(
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, L, S)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
+    scores = apply_attention_mask(scores, attention_mask)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, L, H, D)
@@ -100,11 +106,7 @@ def single_query_attention(
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim) * scaling
     scores = torch.matmul(grouped, key.transpose(2, 3))  # (B, Hkv, groups, S)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
+    scores = apply_attention_mask(scores, attention_mask)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     return torch.matmul(weights, value).reshape(batch, 1, heads, dim)
 
