@@ -238,19 +238,20 @@ def prepare_data(
     seed: int,
     generate: Callable[..., dict] | None = None,
     manifest_name: str = "dataset.json",
+    **options: object,
 ) -> None:
     """Generate the data unless `data_dir` already holds this exact set: the synthetic dataset, or what `generate`
-    (called like ``generate_dataset``) writes, with its manifest `manifest_name`."""
+    (called like ``generate_dataset``, plus keyword `options`) writes, with its manifest `manifest_name`."""
     if generate is None:
         from mossvl.data.synthetic import generate_dataset as generate
 
     manifest = data_dir / manifest_name
-    wanted = {"seed": seed, "train": n_train, "test": n_test}
+    wanted = {"seed": seed, "train": n_train, "test": n_test, **options}
     have = json.loads(manifest.read_text()) if manifest.exists() else None
     if have is not None and have.get("demo") == wanted:
         return
     shutil.rmtree(data_dir, ignore_errors=True)
-    generate(data_dir, n_train, 0, n_test, seed=seed)
+    generate(data_dir, n_train, 0, n_test, seed=seed, **options)
     have = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**have, "demo": wanted}, indent=2) + "\n")
 

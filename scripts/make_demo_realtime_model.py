@@ -38,12 +38,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help="where the eval table and plot go")
     parser.add_argument("--train", type=int, default=6000, help="training streams to generate")
     parser.add_argument("--test", type=int, default=300, help="held-out test streams")
-    parser.add_argument("--epochs", type=float, default=4.0)
+    parser.add_argument(
+        "--decoy-share",
+        type=float,
+        default=0.0,
+        help="share of training streams in which a shape the prompt does not ask about has its event too",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (trial runs)")
+    parser.add_argument(
+        "--max-steps", type=int, default=1500, help="optimizer steps (1500 of 16: 4 passes over 6000 streams)"
+    )
     parser.add_argument("--skip-train", action="store_true", help="reuse the trained checkpoint in work-dir")
     parser.add_argument(
         "--no-ship", action="store_true", help="evaluate the trained checkpoint, ship nothing"
@@ -51,17 +58,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int) -> None:
+def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, decoy_share: float) -> None:
     """Generate the streams unless `data_dir` already holds this exact set."""
     from mossvl.data.synthetic_streams import generate_streams
 
-    demo_model.prepare_data(data_dir, n_train, n_test, seed, generate_streams, "streams.json")
+    demo_model.prepare_data(
+        data_dir, n_train, n_test, seed, generate_streams, "streams.json", decoy_share=decoy_share
+    )
 
 
 def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
     started = time.time()
-    prepare_data(data_dir, args.train, args.test, args.seed)
-    steps = round(args.train * args.epochs / args.batch_size) if args.max_steps < 0 else args.max_steps
+    prepare_data(data_dir, args.train, args.test, args.seed, args.decoy_share)
+    steps = args.max_steps
     shutil.rmtree(trained_dir, ignore_errors=True)
     # fmt: off
     demo_model.run(demo_model.mossvl_command(
@@ -73,12 +82,14 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.warmup_steps),
         "--weight_decay", "0.01", "--adam_beta2", "0.98", "--max_grad_norm", "1.0",
         "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
-        "--dataloader_num_workers", "0", "--seed", str(args.seed), "--max_length", "512",
+        "--dataloader_num_workers", "0", "--cache_samples", "True", "--seed", str(args.seed),
+        "--max_length", "512",
     ))
     # fmt: on
     summary = {
         "base_model": args.base_model.name,
         "training_streams": args.train,
+        "decoy_share": args.decoy_share,
         "steps": steps,
         "batch_size": args.batch_size,
         "minutes": round((time.time() - started) / 60, 1),
@@ -94,10 +105,13 @@ def write_docs(docs_dir: Path, eval_dir: Path, summary: dict | None, weights_mib
     shutil.copyfile(eval_dir / "eval.png", docs_dir / "demo_realtime_model_eval.png")
     made = ""
     if summary is not None:
+        share = summary.get("decoy_share", 0.0)
+        decoys = f", {share:.0%} of them with a decoy" if share else ""
         made = (
             f"Fine-tuned from the shipped demo model ({weights_mib:.1f} MiB of bf16 safetensors) with `mossvl "
-            f"finetune` on {summary['training_streams']} synthetic realtime streams ({summary['steps']} steps of "
-            f"{summary['batch_size']}) in {summary['minutes']} min on 2 CPU cores (data generation included). "
+            f"finetune` on {summary['training_streams']} synthetic realtime streams{decoys} ({summary['steps']} "
+            f"steps of {summary['batch_size']}) in {summary['minutes']} min on 2 CPU cores (data generation "
+            "included). "
         )
     (docs_dir / "demo_realtime_model_eval.md").write_text(
         "# Realtime demo model evaluation\n\n"

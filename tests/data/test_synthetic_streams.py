@@ -17,8 +17,8 @@ from mossvl.data.synthetic_streams import (
 from mossvl.processing.video import stream_frames
 
 
-def streams(count: int = 150):
-    return [make_stream(0, "train", index) for index in range(count)]
+def streams(count: int = 150, decoy_share: float = 0.0):
+    return [make_stream(0, "train", index, decoy_share=decoy_share) for index in range(count)]
 
 
 def centre(shape) -> float:
@@ -43,10 +43,11 @@ def test_tasks_kinds_and_event_frames_are_balanced_and_in_range():
             assert s.task != "move"
 
 
+@pytest.mark.parametrize("decoy_share", [0.0, 1.0])
 @pytest.mark.parametrize("task", STREAM_TASKS)
-def test_the_reply_frame_is_the_first_frame_that_shows_the_event(task):
+def test_the_reply_frame_is_the_first_frame_that_shows_the_event(task, decoy_share):
     checked = 0
-    for s in streams():
+    for s in streams(decoy_share=decoy_share):
         if s.task != task or s.kind != "event":
             continue
         ((frame, reply),) = s.replies.items()
@@ -75,6 +76,57 @@ def test_the_reply_frame_is_the_first_frame_that_shows_the_event(task):
             assert min(abs(centre(old) - middle), abs(centre(new) - middle)) >= 3.5
         checked += 1
     assert checked >= 5
+
+
+def event_frames(s) -> list[int]:
+    """Frames on which some shape has an event of the stream's task (``cross``: its centre passes the line)."""
+    frames, middle = s.scene.frames, LINE_X + 1
+    found = []
+    for index in range(1, len(frames)):
+        before, after = frames[index - 1], frames[index]
+        if s.task == "cross":
+            moved = zip(before, after, strict=True)
+            changed = any((centre(a) - middle) * (centre(b) - middle) < 0 for a, b in moved)
+        else:
+            changed = before != after
+        if changed:
+            found.append(index)
+    return found
+
+
+@pytest.mark.parametrize("task", ["appear", "vanish", "recolor", "cross"])
+def test_a_decoy_has_its_event_on_another_frame_as_often_before_the_target_as_after(task):
+    checked, decoy_first = 0, []
+    for s in streams(400, decoy_share=1.0):
+        if s.task != task:
+            continue
+        events = event_frames(s)
+        assert events and all(1 <= frame <= s.scene.num_frames - 1 for frame in events)
+        if s.kind == "event":
+            ((frame, _),) = s.replies.items()
+            assert frame in events and set(events) - {frame}
+            decoy_first.append(min(events) < frame)
+        elif s.kind == "no_event":
+            assert min(events) <= s.scene.num_frames - 2
+        else:  # barge-in: the old prompt's event, if any, comes after the switch and is not answered
+            switch = s.prompts[1][0]
+            assert all(frame >= switch for frame in s.replies)
+        checked += 1
+    assert checked >= 40
+    assert 0.3 <= sum(decoy_first) / len(decoy_first) <= 0.7  # order tells nothing about the target
+
+
+def test_decoys_are_drawn_only_for_the_asked_splits_and_a_share_of_zero_changes_nothing(tmp_path):
+    manifest = generate_streams(tmp_path, 4, 0, 3, seed=5, progress=False, decoy_share=1.0)
+    assert manifest["decoy_share"] == {"train": 1.0}
+    plain = tmp_path / "plain"
+    generate_streams(plain, 4, 0, 3, seed=5, progress=False)
+    assert (plain / "test_streams.jsonl").read_text() == (tmp_path / "test_streams.jsonl").read_text()
+    assert (plain / "train.jsonl").read_text() != (tmp_path / "train.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"decoy_share must lie in \[0, 1\], got 1.5"):
+        generate_streams(tmp_path, 1, 0, 0, decoy_share=1.5, progress=False)
+    with pytest.raises(ValueError, match="unknown decoy splits \\['dev'\\]"):
+        generate_streams(tmp_path, 1, 0, 0, decoy_share=0.5, decoy_splits=["dev"], progress=False)
 
 
 def test_training_record_layout():

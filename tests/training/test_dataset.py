@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,18 @@ def test_example_data_encode(name, golden_processor, media_dir):
     for index in range(len(data)):
         sample = data[index]
         assert bool((sample["labels"] != IGNORE_INDEX).any())
+
+
+def test_cached_samples_are_built_once(sft_file, golden_processor, media_dir, tmp_path):
+    copied = tmp_path / "media"
+    shutil.copytree(media_dir, copied)
+    cached = dataset(sft_file, golden_processor, copied, cache_samples=True)
+    plain = dataset(sft_file, golden_processor, copied)
+    first = [cached[index] for index in range(len(cached))]
+    shutil.rmtree(copied)  # a second epoch must not need the media again
+    for index, features in enumerate(first):
+        again = cached[index]
+        assert again.keys() == features.keys()
+        assert all(torch.equal(torch.as_tensor(again[k]), torch.as_tensor(features[k])) for k in features)
+    with pytest.raises(QueryError, match="record 0: .*media"):
+        plain[0]

@@ -16,6 +16,12 @@ prompt arrives together with a frame, and from then on only the new prompt's eve
 event of the old prompt that happens later. Events fall on frames 1 .. n-2, so every stream opens and ends with a
 silent frame and an answer is never the last thing before a prompt or the end of a turn.
 
+A share of the streams (``decoy_share``; none by default, so held-out splits keep the natural mix) carry a decoy: a
+shape that the prompt does not ask about has the same kind of event on another inner frame (a shape of another
+colour appears, another shape vanishes, changes colour or crosses the line; after a barge-in, the old prompt's
+event), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
+Without a decoy, about half the streams still show another shape's event, at any frame.
+
 Each stream is written as an MP4 (one frame per 1/fps seconds) and two records: a realtime training record in
 the ``conversations`` format, whose assistant turns interleave one ``<|video|>`` per frame with ``<|silence|>`` or
 the reply and whose video is one ``[time]`` segment per frame, and an evaluation record (``mossvl eval``) with the
@@ -159,8 +165,17 @@ def _watch(rng: np.random.Generator, task: str, **names: str) -> Watch:
     return Watch(pick(rng, _PROMPTS[task]).format(**names), reply)
 
 
-def build_appear(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> list[Watch]:
-    colors = _colors(rng, len(events) + int(rng.integers(0, 2)))
+def _decoy_frame(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> int:
+    """The frame of a decoy's event: an inner frame without a target event, as likely before a target's event as
+    after it, so that the order of events tells nothing about which one was asked for."""
+    taken = {event for event in events if event is not None}
+    return int(pick(rng, [index for index in range(1, len(frames) - 1) if index not in taken]))
+
+
+def build_appear(
+    rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
+) -> list[Watch]:
+    colors = _colors(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
     shapes = _placed(rng, colors, [pick(rng, SHAPES) for _ in colors])
     watches = []
     for shape, event in zip(shapes, events, strict=False):
@@ -168,24 +183,32 @@ def build_appear(rng: np.random.Generator, frames: Frames, events: list[int | No
         if event is not None:
             _show(frames, shape, event)
     for shape in shapes[len(events) :]:  # a shape of another colour, there from the start or appearing later
-        _show(frames, shape, int(rng.integers(0, len(frames))))
+        start = _decoy_frame(rng, frames, events) if decoy else int(rng.integers(0, len(frames)))
+        _show(frames, shape, start)
     return watches
 
 
-def build_vanish(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> list[Watch]:
-    colors = _colors(rng, len(events) + int(rng.integers(0, 2)))
+def build_vanish(
+    rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
+) -> list[Watch]:
+    colors = _colors(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
     shapes = _placed(rng, colors, [pick(rng, SHAPES) for _ in colors])
     watches = []
     for shape, event in zip(shapes, events, strict=False):
         watches.append(_watch(rng, "vanish", name=shape.name))
         _show(frames, shape, 0, event)
     for shape in shapes[len(events) :]:  # another shape, which stays or vanishes at any frame
-        _show(frames, shape, 0, int(rng.integers(1, len(frames))) if rng.random() < 0.5 else None)
+        if decoy:
+            _show(frames, shape, 0, _decoy_frame(rng, frames, events))
+        else:
+            _show(frames, shape, 0, int(rng.integers(1, len(frames))) if rng.random() < 0.5 else None)
     return watches
 
 
-def build_recolor(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> list[Watch]:
-    kinds = _kinds(rng, len(events) + int(rng.integers(0, 2)))
+def build_recolor(
+    rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
+) -> list[Watch]:
+    kinds = _kinds(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
     shapes = _placed(rng, [pick(rng, list(COLORS)) for _ in kinds], kinds)
     watches = []
     for i, shape in enumerate(shapes):
@@ -193,6 +216,8 @@ def build_recolor(rng: np.random.Generator, frames: Frames, events: list[int | N
         if i < len(events):
             event = events[i]
             watches.append(_watch(rng, "recolor", shape=shape.shape, color=new))
+        elif decoy:
+            event = _decoy_frame(rng, frames, events)
         else:  # another shape, which may change colour: not the one asked about
             event = int(rng.integers(1, len(frames))) if rng.random() < 0.5 else None
         _show(frames, shape, 0, event)
@@ -204,8 +229,11 @@ def build_recolor(rng: np.random.Generator, frames: Frames, events: list[int | N
 _DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def build_move(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> list[Watch]:
-    """Still shapes; one starts moving 6-8 px per frame on frame events[0] and stops at the border."""
+def build_move(
+    rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
+) -> list[Watch]:
+    """Still shapes; one starts moving 6-8 px per frame on frame events[0] and stops at the border. There is no
+    decoy: any movement is the event."""
     (event,) = events
     count = int(rng.integers(1, 3))
     shapes = _placed(rng, _colors(rng, count), [pick(rng, SHAPES) for _ in range(count)])
@@ -231,11 +259,13 @@ def build_move(rng: np.random.Generator, frames: Frames, events: list[int | None
     return [_watch(rng, "move", name=mover.name)]
 
 
-def build_cross(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> list[Watch]:
+def build_cross(
+    rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
+) -> list[Watch]:
     """Shapes in separate rows move horizontally towards the line at 8-10 px per frame; a target's centre is at
     least 4 px short of the line on frame event-1 and at least 4 px past it on frame event. A target without an
-    event stops 6-12 px short of the line or does not move."""
-    count = 2 if len(events) == 2 else 1 + int(rng.integers(0, 2))  # two rows at most
+    event stops 6-12 px short of the line or does not move; a decoy (the other row) crosses it."""
+    count = 2 if len(events) == 2 or decoy else 1 + int(rng.integers(0, 2))  # two rows at most
     colors = _colors(rng, count)
     rows = [int(rng.integers(2, 15)), int(rng.integers(34, 47))] if count == 2 else [int(rng.integers(2, 47))]
     if rng.random() < 0.5:
@@ -244,7 +274,7 @@ def build_cross(rng: np.random.Generator, frames: Frames, events: list[int | Non
     last = len(frames) - 1
     for i in range(count):
         size, kind = int(rng.integers(14, 17)), pick(rng, SHAPES)
-        event = events[i] if i < len(events) else None
+        event = events[i] if i < len(events) else _decoy_frame(rng, frames, events) if decoy else None
         side = -1 if rng.random() < 0.5 else 1  # starts left (-1) or right (+1) of the line
         middle = LINE_X + 1.0  # between the line's two columns
         speed = int(rng.integers(8, 11))
@@ -265,7 +295,7 @@ def build_cross(rng: np.random.Generator, frames: Frames, events: list[int | Non
     return watches
 
 
-STREAM_BUILDERS: dict[str, Callable[[np.random.Generator, Frames, list[int | None]], list[Watch]]] = {
+STREAM_BUILDERS: dict[str, Callable[[np.random.Generator, Frames, list[int | None], bool], list[Watch]]] = {
     "appear": build_appear,
     "vanish": build_vanish,
     "recolor": build_recolor,
@@ -284,30 +314,36 @@ def stream_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 100 + SPLITS.index(split), index])
 
 
-def make_stream(seed: int, split: str, index: int, tasks: Sequence[str] = STREAM_TASKS) -> Stream:
-    """Stream `index` of `split`; tasks take turns, kinds (event, no event, barge-in) are drawn."""
+def make_stream(
+    seed: int, split: str, index: int, tasks: Sequence[str] = STREAM_TASKS, decoy_share: float = 0.0
+) -> Stream:
+    """Stream `index` of `split`; tasks take turns, kinds (event, no event, barge-in) are drawn, and a
+    `decoy_share` of the streams get a decoy (see the module docstring)."""
     rng = stream_rng(seed, split, index)
     task = tasks[index % len(tasks)]
     num_frames = int(rng.integers(MIN_STREAM_FRAMES, MAX_STREAM_FRAMES + 1))
     fps = int(pick(rng, STREAM_FPS))
     draw = rng.random()
+    # Drawn only when asked for, so that a share of 0 leaves every stream as it was.
+    decoy = decoy_share > 0 and rng.random() < decoy_share
     if task != "move" and draw < BARGE_IN_SHARE:
-        return _barge_in_stream(rng, task, num_frames, fps)
+        return _barge_in_stream(rng, task, num_frames, fps, decoy)
     kind = "no_event" if draw > 1 - NO_EVENT_SHARE else "event"
     event = None if kind == "no_event" else int(rng.integers(1, num_frames - 1))
     frames: Frames = [[] for _ in range(num_frames)]
-    (watch,) = STREAM_BUILDERS[task](rng, frames, [event])
+    (watch,) = STREAM_BUILDERS[task](rng, frames, [event], decoy)
     stream = Stream(task, kind, _scene(rng, task, fps, frames), [(0, watch.prompt)])
     if event is not None:
         stream.replies[event] = watch.reply.format(time=reply_time(event / fps))
     return stream
 
 
-def _barge_in_stream(rng: np.random.Generator, task: str, num_frames: int, fps: int) -> Stream:
+def _barge_in_stream(rng: np.random.Generator, task: str, num_frames: int, fps: int, decoy: bool) -> Stream:
     """The prompt changes on frame b (3 .. n-3). The first target's event comes before b-1 (answered), after b
-    (ignored: its prompt is no longer in force) or never; the second's on b .. n-2 or never."""
+    (ignored: its prompt is no longer in force) or never; the second's on b .. n-2 or never. With a decoy the
+    first target's event always comes after b."""
     switch = int(rng.integers(3, num_frames - 2))
-    draw = rng.random()
+    draw = 0.5 if decoy else rng.random()
     if draw < 0.5:
         first = int(rng.integers(1, switch - 1))
     elif draw < 0.75:
@@ -316,7 +352,7 @@ def _barge_in_stream(rng: np.random.Generator, task: str, num_frames: int, fps: 
         first = None
     second = int(rng.integers(switch, num_frames - 1)) if rng.random() < 0.75 else None
     frames: Frames = [[] for _ in range(num_frames)]
-    old, new = STREAM_BUILDERS[task](rng, frames, [first, second])
+    old, new = STREAM_BUILDERS[task](rng, frames, [first, second], decoy)
     stream = Stream(task, "barge_in", _scene(rng, task, fps, frames), [(0, old.prompt), (switch, new.prompt)])
     if first is not None and first < switch:
         stream.replies[first] = old.reply.format(time=reply_time(first / fps))
@@ -385,8 +421,11 @@ def generate_streams(
     seed: int = 0,
     tasks: Sequence[str] = STREAM_TASKS,
     progress: bool = True,
+    decoy_share: float = 0.0,
+    decoy_splits: Sequence[str] = ("train",),
 ) -> dict:
-    """Generate all splits into `out_dir` and return the manifest (also written to ``streams.json``).
+    """Generate all splits into `out_dir` and return the manifest (also written to ``streams.json``). A
+    `decoy_share` of the streams of `decoy_splits` get a decoy (see `make_stream`).
 
     Layout: ``media/<split>/<split>-NNNNNN.mp4``; ``<split>.jsonl`` realtime training records;
     ``<split>_streams.jsonl`` evaluation records. Paths inside are relative to `out_dir`.
@@ -394,12 +433,18 @@ def generate_streams(
     unknown = [task for task in tasks if task not in STREAM_BUILDERS]
     if unknown or not tasks:
         raise ValueError(f"unknown stream tasks {unknown}; choose from {list(STREAM_TASKS)}")
+    if not 0 <= decoy_share <= 1:
+        raise ValueError(f"decoy_share must lie in [0, 1], got {decoy_share}")
+    unknown = [split for split in decoy_splits if split not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown decoy splits {unknown}; choose from {list(SPLITS)}")
     out_dir = Path(out_dir)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     manifest = {
         "generator": "mossvl.data.synthetic_streams",
         "seed": seed,
         "tasks": list(tasks),
+        "decoy_share": {split: decoy_share for split in decoy_splits},
         "splits": {},
     }
     with tqdm(total=sum(counts.values()), desc="streams", unit="stream", disable=not progress) as bar:
@@ -408,7 +453,8 @@ def generate_streams(
             media_dir.mkdir(parents=True, exist_ok=True)
             training, evaluation = [], []
             for index in range(count):
-                stream = make_stream(seed, split, index, tasks)
+                share = decoy_share if split in decoy_splits else 0.0
+                stream = make_stream(seed, split, index, tasks, share)
                 stream_id = f"{split}-{index:06d}"
                 write_stream_video(stream, media_dir / f"{stream_id}.mp4")
                 media = f"media/{split}/{stream_id}.mp4"
@@ -477,6 +523,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", choices=STREAM_TASKS, default=list(STREAM_TASKS))
     parser.add_argument(
+        "--decoy-share", type=float, default=0.0, help="share of streams with a decoy event (default 0)"
+    )
+    parser.add_argument(
+        "--decoy-splits",
+        nargs="+",
+        choices=SPLITS,
+        default=["train"],
+        help="the splits that --decoy-share applies to (default: train)",
+    )
+    parser.add_argument(
         "--sample",
         nargs="?",
         const=SAMPLES_DIR,
@@ -492,7 +548,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required (or use --sample)")
     manifest = generate_streams(
-        args.out, args.train, args.val, args.test, args.seed, args.tasks, not args.quiet
+        args.out,
+        args.train,
+        args.val,
+        args.test,
+        args.seed,
+        args.tasks,
+        not args.quiet,
+        args.decoy_share,
+        args.decoy_splits,
     )
     print(json.dumps(manifest["splits"], indent=2))
     return 0

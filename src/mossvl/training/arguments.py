@@ -66,6 +66,13 @@ class DataArguments:
             "help": "Skip (and count) malformed records and samples that cannot fit max_length, instead of raising."
         },
     )
+    cache_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep every processed sample in memory after its first use, so later epochs skip media "
+            "decoding (needs memory for all samples' pixels; best with --dataloader_num_workers 0)."
+        },
+    )
 
 
 @dataclass

@@ -121,6 +121,9 @@ class SFTDataset(Dataset):
     counted in ``skipped`` (index -> reason) and replaced by the next good record, instead of raising. Media are read
     under the processor's ``limits`` (remote fetch timeouts and byte cap, pixel and video limits); any failure of a
     record, whatever its type, is a MossVLError naming the record.
+
+    ``cache_samples``: keep each sample's features in memory after it is first built, so that later epochs skip
+    parsing and media decoding (memory: every sample's pixels; with dataloader workers, each worker holds its own).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class SFTDataset(Dataset):
         max_length: int = 4096,
         data_dir: str | os.PathLike | None = None,
         skip_bad_records: bool = False,
+        cache_samples: bool = False,
     ):
         self.data_path = Path(data_path)
         problem = local_file_error(str(self.data_path), "data")
@@ -145,6 +149,7 @@ class SFTDataset(Dataset):
         self.tokens = LayoutTokens.from_tokenizer(processor.tokenizer)
         self.skipped: dict[int, str] = {}
         self._blank: Features | None = None
+        self._cache: dict[int, Features] | None = {} if cache_samples else None
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -170,6 +175,8 @@ class SFTDataset(Dataset):
 
     def load(self, index: int) -> Features:
         """Features of record ``index``, truncated to ``max_length``; raises MossVLError naming the record."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         try:
             conversation = self.conversation(index)
             features = self.encode(conversation)
@@ -187,6 +194,8 @@ class SFTDataset(Dataset):
             )
         if cut < len(features["input_ids"]):
             features = truncate_features(features, cut, self.tokens.image_pad, self.blank())
+        if self._cache is not None:
+            self._cache[index] = features
         return features
 
     def encode(self, conversation: Conversation) -> Features:

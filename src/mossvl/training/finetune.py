@@ -188,6 +188,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         max_length=data_args.max_length,
         data_dir=data_args.data_dir,
         skip_bad_records=data_args.skip_bad_records,
+        cache_samples=data_args.cache_samples,
     )
     dtype = load_dtype(model_args, training_args)
     model = load_model(model_args, dtype)
