@@ -70,7 +70,6 @@ def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, decoy_sha
 def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
     started = time.time()
     prepare_data(data_dir, args.train, args.test, args.seed, args.decoy_share)
-    steps = args.max_steps
     shutil.rmtree(trained_dir, ignore_errors=True)
     # fmt: off
     demo_model.run(demo_model.mossvl_command(
@@ -78,7 +77,7 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "--model_name_or_path", str(args.base_model), "--data_path", str(data_dir / "train.jsonl"),
         "--output_dir", str(trained_dir), "--dtype", "float32", "--use_cpu", "True",
         "--tune_vision", "True", "--tune_language", "True", "--tune_lm_head", "True",
-        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(steps),
+        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.warmup_steps),
         "--weight_decay", "0.01", "--adam_beta2", "0.98", "--max_grad_norm", "1.0",
         "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
@@ -90,7 +89,7 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "base_model": args.base_model.name,
         "training_streams": args.train,
         "decoy_share": args.decoy_share,
-        "steps": steps,
+        "steps": args.max_steps,
         "batch_size": args.batch_size,
         "minutes": round((time.time() - started) / 60, 1),
     }

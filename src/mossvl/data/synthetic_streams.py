@@ -18,8 +18,8 @@ silent frame and an answer is never the last thing before a prompt or the end of
 
 A share of the streams (``decoy_share``; none by default, so held-out splits keep the natural mix) carry a decoy: a
 shape that the prompt does not ask about has the same kind of event on another inner frame (a shape of another
-colour appears, another shape vanishes, changes colour or crosses the line; after a barge-in, the old prompt's
-event), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
+colour appears, another shape vanishes, changes colour or crosses the line; a barge-in stream also gets the old
+prompt's event after the switch), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
 Without a decoy, about half the streams still show another shape's event, at any frame.
 
 Each stream is written as an MP4 (one frame per 1/fps seconds) and two records: a realtime training record in
@@ -341,12 +341,12 @@ def make_stream(
 def _barge_in_stream(rng: np.random.Generator, task: str, num_frames: int, fps: int, decoy: bool) -> Stream:
     """The prompt changes on frame b (3 .. n-3). The first target's event comes before b-1 (answered), after b
     (ignored: its prompt is no longer in force) or never; the second's on b .. n-2 or never. With a decoy the
-    first target's event always comes after b."""
+    first target's event always comes after b, besides any decoy shape."""
     switch = int(rng.integers(3, num_frames - 2))
-    draw = 0.5 if decoy else rng.random()
-    if draw < 0.5:
+    draw = None if decoy else rng.random()
+    if draw is not None and draw < 0.5:
         first = int(rng.integers(1, switch - 1))
-    elif draw < 0.75:
+    elif draw is None or draw < 0.75:
         first = int(rng.integers(switch, num_frames - 1))
     else:
         first = None

@@ -4,7 +4,7 @@ Each ``step()`` runs prefill work units (chunks of frames through the vision tow
 at most one full chunk, ``EngineConfig.prefill_chunk_frames`` frames or ``prefill_chunk_tokens`` tokens (a unit of
 f frames and t tokens costs f / prefill_chunk_frames + t / prefill_chunk_tokens of it), and at most one vision
 unit, then one decode step for every sequence that is generating. Short prompts thus share a step (the HTTP server
-benchmark serves 1.35x the requests at 16 clients than with one unit per step), while realtime sessions' frames,
+benchmark serves 1.35x as many requests at 16 clients as with one unit per step), while realtime sessions' frames,
 each a vision unit, still get a decode step between them (several frames per step made their answers stream 3x
 slower). A new request joins the running batch as soon as its prefill is done and leaves it when it finishes or is
 cancelled; a long prefill never stalls the others for more than one chunk.
