@@ -44,6 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         help="share of training streams in which a shape the prompt does not ask about has its event too",
     )
+    parser.add_argument(
+        "--frame-pixels",
+        type=int,
+        default=64 * 64,
+        help="pixels each 64x64 frame is upscaled to (at least) before the ViT: 128*128 gives each 16x16 area of "
+        "the frame its own vision token (and 1.75x the training time)",
+    )
+    parser.add_argument(
+        "--narrate-share",
+        type=float,
+        default=0.0,
+        help="share of training streams whose prompt asks for every change, so that the model learns to say "
+        "which shape changed",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
@@ -58,23 +72,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, decoy_share: float) -> None:
-    """Generate the streams unless `data_dir` already holds this exact set."""
+def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, **shares: float) -> None:
+    """Generate the streams unless `data_dir` already holds this exact set; `shares`: ``decoy_share`` and
+    ``narrate_share`` of the training streams."""
     from mossvl.data.synthetic_streams import generate_streams
 
-    demo_model.prepare_data(
-        data_dir, n_train, n_test, seed, generate_streams, "streams.json", decoy_share=decoy_share
-    )
+    demo_model.prepare_data(data_dir, n_train, n_test, seed, generate_streams, "streams.json", **shares)
+
+
+def base_with_frame_pixels(base_model: Path, folder: Path, frame_pixels: int) -> Path:
+    """A copy of `base_model` in `folder` whose image and video processors upscale frames to `frame_pixels`.
+
+    The processors' minimum pixel count is what decides the resolution, so training (video segments) and a
+    realtime session of the shipped model (single frames) both see the same upscaled frames."""
+    from mossvl.processing.processor import MossVLProcessor
+
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(base_model, folder)
+    processor = MossVLProcessor.from_pretrained(str(folder))
+    for frames in (processor.image_processor, processor.video_processor):
+        frames.size = {**frames.size, "shortest_edge": frame_pixels}
+    processor.save_pretrained(str(folder))
+    return folder
 
 
 def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
     started = time.time()
-    prepare_data(data_dir, args.train, args.test, args.seed, args.decoy_share)
+    prepare_data(
+        data_dir,
+        args.train,
+        args.test,
+        args.seed,
+        decoy_share=args.decoy_share,
+        narrate_share=args.narrate_share,
+    )
     shutil.rmtree(trained_dir, ignore_errors=True)
+    base = base_with_frame_pixels(args.base_model, args.work_dir / "base", args.frame_pixels)
     # fmt: off
     demo_model.run(demo_model.mossvl_command(
         "finetune",
-        "--model_name_or_path", str(args.base_model), "--data_path", str(data_dir / "train.jsonl"),
+        "--model_name_or_path", str(base), "--data_path", str(data_dir / "train.jsonl"),
         "--output_dir", str(trained_dir), "--dtype", "float32", "--use_cpu", "True",
         "--tune_vision", "True", "--tune_language", "True", "--tune_lm_head", "True",
         "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
@@ -89,6 +126,8 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "base_model": args.base_model.name,
         "training_streams": args.train,
         "decoy_share": args.decoy_share,
+        "narrate_share": args.narrate_share,
+        "frame_pixels": args.frame_pixels,
         "steps": args.max_steps,
         "batch_size": args.batch_size,
         "minutes": round((time.time() - started) / 60, 1),
@@ -104,12 +143,16 @@ def write_docs(docs_dir: Path, eval_dir: Path, summary: dict | None, weights_mib
     shutil.copyfile(eval_dir / "eval.png", docs_dir / "demo_realtime_model_eval.png")
     made = ""
     if summary is not None:
-        share = summary.get("decoy_share", 0.0)
-        decoys = f", {share:.0%} of them with a decoy" if share else ""
+        shares = [
+            f"{summary.get(key, 0.0):.0%} {what}"
+            for key, what in (("decoy_share", "with a decoy"), ("narrate_share", "asking for every change"))
+            if summary.get(key)
+        ]
+        aids = f" ({' and '.join(shares)})" if shares else ""
         made = (
             f"Fine-tuned from the shipped demo model ({weights_mib:.1f} MiB of bf16 safetensors) with `mossvl "
-            f"finetune` on {summary['training_streams']} synthetic realtime streams{decoys} ({summary['steps']} "
-            f"steps of {summary['batch_size']}) in {summary['minutes']} min on 2 CPU cores (data generation "
+            f"finetune` on {summary['training_streams']} synthetic realtime streams{aids}, {summary['steps']} "
+            f"steps of {summary['batch_size']}, in {summary['minutes']} min on 2 CPU cores (data generation "
             "included). "
         )
     (docs_dir / "demo_realtime_model_eval.md").write_text(

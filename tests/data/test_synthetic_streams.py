@@ -6,9 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from mossvl.data.synthetic import Shape
 from mossvl.data.synthetic_streams import (
     LINE_X,
     STREAM_TASKS,
+    StreamScene,
+    frame_changes,
     generate_streams,
     make_stream,
     sample_stream,
@@ -125,8 +128,60 @@ def test_decoys_are_drawn_only_for_the_asked_splits_and_a_share_of_zero_changes_
     assert (plain / "train.jsonl").read_text() != (tmp_path / "train.jsonl").read_text()
     with pytest.raises(ValueError, match=r"decoy_share must lie in \[0, 1\], got 1.5"):
         generate_streams(tmp_path, 1, 0, 0, decoy_share=1.5, progress=False)
-    with pytest.raises(ValueError, match="unknown decoy splits \\['dev'\\]"):
-        generate_streams(tmp_path, 1, 0, 0, decoy_share=0.5, decoy_splits=["dev"], progress=False)
+    with pytest.raises(ValueError, match=r"narrate_share must lie in \[0, 1\], got -0.1"):
+        generate_streams(tmp_path, 1, 0, 0, narrate_share=-0.1, progress=False)
+    with pytest.raises(ValueError, match="unknown aid splits \\['dev'\\]"):
+        generate_streams(tmp_path, 1, 0, 0, decoy_share=0.5, aid_splits=["dev"], progress=False)
+
+
+def test_frame_changes_name_each_change_of_a_scene():
+    red = Shape("red", "circle", 16, 4, 4)
+    blue = Shape("blue", "square", 14, 40, 40)
+    frames = [
+        (red,),
+        (red, blue),  # the blue square appears
+        (Shape("green", "circle", 16, 4, 4), blue),  # the circle turns green
+        (Shape("green", "circle", 16, 10, 4), blue),  # and starts moving
+        (Shape("green", "circle", 16, 16, 4), blue),  # still moving: no news
+        (Shape("green", "circle", 16, 16, 4),),  # the square vanishes; the circle stops
+        (Shape("green", "circle", 16, 16, 4), Shape("yellow", "triangle", 14, 40, 40)),
+    ]
+    scene = StreamScene(230, 2, tuple(frames))
+    assert [frame_changes(scene, index) for index in range(1, len(frames))] == [
+        ["A blue square appeared at {time} seconds."],
+        ["The red circle turned green at {time} seconds."],
+        ["The green circle started moving at {time} seconds."],
+        [],
+        ["The blue square vanished at {time} seconds."],
+        ["A yellow triangle appeared at {time} seconds."],
+    ]
+    # With the line, a move is news only when the centre crosses the line.
+    step = [Shape("red", "square", 14, x, 20) for x in (2, 12, 22, 32, 42)]
+    line_scene = StreamScene(230, 1, tuple((shape,) for shape in step), line=True)
+    said = {index: frame_changes(line_scene, index) for index in range(1, len(step))}
+    assert said == {1: [], 2: [], 3: ["The red square crossed the line at {time} seconds."], 4: []}
+    assert centre(step[2]) < LINE_X + 1 < centre(step[3])
+
+
+def test_narrated_streams_answer_every_change_and_keep_the_scene():
+    for index in range(150):
+        plain = make_stream(0, "train", index)
+        told = make_stream(0, "train", index, narrate_share=1.0)
+        assert told.scene == plain.scene
+        if told.kind != "narrate":  # the last frame shows a change: left as it was
+            assert told == plain and frame_changes(plain.scene, plain.scene.num_frames - 1)
+            continue
+        assert len(told.prompts) == 1 and "change" in told.prompts[0][1]
+        for frame in range(1, told.scene.num_frames):
+            changes = frame_changes(told.scene, frame)
+            assert (frame in told.replies) == bool(changes)
+            if changes:
+                time = f"{frame / told.scene.fps:.1f}"
+                assert told.replies[frame] == " ".join(c.format(time=time) for c in changes)
+        for frame, reply in plain.replies.items():  # what a task prompt asked for is news too
+            if plain.task != "recolor":
+                assert reply in told.replies[frame]
+    assert make_stream(0, "test", 7, narrate_share=0.0) == make_stream(0, "test", 7)
 
 
 def test_training_record_layout():

@@ -22,6 +22,11 @@ colour appears, another shape vanishes, changes colour or crosses the line; a ba
 prompt's event after the switch), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
 Without a decoy, about half the streams still show another shape's event, at any frame.
 
+A share of the streams (``narrate_share``; none by default) ask for every change instead ("Tell me whenever
+anything changes."): each frame that shows one gets a sentence per change, read off the frames ("The red circle
+turned green at 2.0 seconds."). Task replies can mostly copy the asked colour and shape from the prompt; these make
+the model say which shape changed, from what it sees.
+
 Each stream is written as an MP4 (one frame per 1/fps seconds) and two records: a realtime training record in
 the ``conversations`` format, whose assistant turns interleave one ``<|video|>`` per frame with ``<|silence|>`` or
 the reply and whose video is one ``[time]`` segment per frame, and an evaluation record (``mossvl eval``) with the
@@ -81,6 +86,8 @@ _REPLIES = {
     "move": "The {name} started moving at {time} seconds.",
     "cross": "The {name} crossed the line at {time} seconds.",
 }
+_NARRATE_PROMPTS = ("Tell me whenever anything changes.", "Describe every change as it happens.")
+_CHANGE_REPLIES = {**_REPLIES, "recolor": "The {name} turned {color} at {time} seconds."}
 
 
 def reply_time(seconds: float) -> str:
@@ -305,6 +312,65 @@ STREAM_BUILDERS: dict[str, Callable[[np.random.Generator, Frames, list[int | Non
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Narration: every change of a scene, read off its frames
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _same_place(a: Shape, b: Shape) -> bool:
+    return (a.shape, a.size, a.x, a.y) == (b.shape, b.size, b.x, b.y)
+
+
+def _change(kind: str, shape: Shape, **names: str) -> str:
+    return _CHANGE_REPLIES[kind].format(name=shape.name, time="{time}", **names)
+
+
+def _centre_side(shape: Shape) -> int:
+    return -1 if shape.x + shape.size / 2 < LINE_X + 1 else 1
+
+
+def frame_changes(scene: StreamScene, index: int) -> list[str]:
+    """What changed from frame ``index - 1`` to frame `index`, one sentence per change (no ``{time}`` filled).
+
+    A shape is the same shape when it keeps its kind, size and place (it changed colour) or its kind, size and
+    colour (it moved). With the line, a move is news when the shape's centre crosses it; without, when the shape
+    starts to move (two frames back it stood where it was one frame back)."""
+    before, now = scene.frames[index - 1], scene.frames[index]
+    gone = [shape for shape in before if shape not in now]
+    changes = []
+    for shape in (shape for shape in now if shape not in before):
+        recolored = [g for g in gone if _same_place(g, shape)]
+        moved = [g for g in gone if (g.shape, g.size, g.color) == (shape.shape, shape.size, shape.color)]
+        if recolored:
+            gone.remove(recolored[0])
+            changes.append(_change("recolor", recolored[0], color=shape.color))
+        elif moved:
+            gone.remove(moved[0])
+            if scene.line:
+                if _centre_side(moved[0]) != _centre_side(shape):
+                    changes.append(_change("cross", shape))
+            elif index < 2 or any(_same_place(moved[0], g) for g in scene.frames[index - 2]):
+                changes.append(_change("move", shape))
+        else:
+            changes.append(_change("appear", shape))
+    changes += [_change("vanish", shape) for shape in gone]
+    return changes
+
+
+def narrated(rng: np.random.Generator, stream: Stream) -> Stream | None:
+    """The stream's clip with a prompt that asks for every change: each frame that shows one gets the sentences of
+    `frame_changes`. None when the last frame shows a change (a reply never ends a turn)."""
+    scene = stream.scene
+    replies = {}
+    for index in range(1, scene.num_frames):
+        changes = frame_changes(scene, index)
+        if changes:
+            replies[index] = " ".join(change.format(time=reply_time(index / scene.fps)) for change in changes)
+    if scene.num_frames - 1 in replies:
+        return None
+    return Stream(stream.task, "narrate", scene, [(0, pick(rng, _NARRATE_PROMPTS))], replies)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Streams
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -315,12 +381,25 @@ def stream_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def make_stream(
-    seed: int, split: str, index: int, tasks: Sequence[str] = STREAM_TASKS, decoy_share: float = 0.0
+    seed: int,
+    split: str,
+    index: int,
+    tasks: Sequence[str] = STREAM_TASKS,
+    decoy_share: float = 0.0,
+    narrate_share: float = 0.0,
 ) -> Stream:
-    """Stream `index` of `split`; tasks take turns, kinds (event, no event, barge-in) are drawn, and a
-    `decoy_share` of the streams get a decoy (see the module docstring)."""
+    """Stream `index` of `split`; tasks take turns, kinds (event, no event, barge-in) are drawn, a `decoy_share`
+    of the streams get a decoy and a `narrate_share` of them ask for every change instead (see the module
+    docstring)."""
     rng = stream_rng(seed, split, index)
-    task = tasks[index % len(tasks)]
+    stream = _task_stream(rng, tasks[index % len(tasks)], decoy_share)
+    # Drawn after the scene, so that a share of 0 leaves every stream as it was.
+    if narrate_share > 0 and rng.random() < narrate_share:
+        return narrated(rng, stream) or stream
+    return stream
+
+
+def _task_stream(rng: np.random.Generator, task: str, decoy_share: float) -> Stream:
     num_frames = int(rng.integers(MIN_STREAM_FRAMES, MAX_STREAM_FRAMES + 1))
     fps = int(pick(rng, STREAM_FPS))
     draw = rng.random()
@@ -422,10 +501,12 @@ def generate_streams(
     tasks: Sequence[str] = STREAM_TASKS,
     progress: bool = True,
     decoy_share: float = 0.0,
-    decoy_splits: Sequence[str] = ("train",),
+    aid_splits: Sequence[str] = ("train",),
+    narrate_share: float = 0.0,
 ) -> dict:
-    """Generate all splits into `out_dir` and return the manifest (also written to ``streams.json``). A
-    `decoy_share` of the streams of `decoy_splits` get a decoy (see `make_stream`).
+    """Generate all splits into `out_dir` and return the manifest (also written to ``streams.json``). In the
+    `aid_splits`, a `decoy_share` of the streams get a decoy and a `narrate_share` ask for every change (see
+    `make_stream`); the other splits keep the natural mix.
 
     Layout: ``media/<split>/<split>-NNNNNN.mp4``; ``<split>.jsonl`` realtime training records;
     ``<split>_streams.jsonl`` evaluation records. Paths inside are relative to `out_dir`.
@@ -433,18 +514,20 @@ def generate_streams(
     unknown = [task for task in tasks if task not in STREAM_BUILDERS]
     if unknown or not tasks:
         raise ValueError(f"unknown stream tasks {unknown}; choose from {list(STREAM_TASKS)}")
-    if not 0 <= decoy_share <= 1:
-        raise ValueError(f"decoy_share must lie in [0, 1], got {decoy_share}")
-    unknown = [split for split in decoy_splits if split not in SPLITS]
+    for name, share in (("decoy_share", decoy_share), ("narrate_share", narrate_share)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {share}")
+    unknown = [split for split in aid_splits if split not in SPLITS]
     if unknown:
-        raise ValueError(f"unknown decoy splits {unknown}; choose from {list(SPLITS)}")
+        raise ValueError(f"unknown aid splits {unknown}; choose from {list(SPLITS)}")
     out_dir = Path(out_dir)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     manifest = {
         "generator": "mossvl.data.synthetic_streams",
         "seed": seed,
         "tasks": list(tasks),
-        "decoy_share": {split: decoy_share for split in decoy_splits},
+        "decoy_share": {split: decoy_share for split in aid_splits},
+        "narrate_share": {split: narrate_share for split in aid_splits},
         "splits": {},
     }
     with tqdm(total=sum(counts.values()), desc="streams", unit="stream", disable=not progress) as bar:
@@ -453,8 +536,8 @@ def generate_streams(
             media_dir.mkdir(parents=True, exist_ok=True)
             training, evaluation = [], []
             for index in range(count):
-                share = decoy_share if split in decoy_splits else 0.0
-                stream = make_stream(seed, split, index, tasks, share)
+                shares = (decoy_share, narrate_share) if split in aid_splits else (0.0, 0.0)
+                stream = make_stream(seed, split, index, tasks, *shares)
                 stream_id = f"{split}-{index:06d}"
                 write_stream_video(stream, media_dir / f"{stream_id}.mp4")
                 media = f"media/{split}/{stream_id}.mp4"
@@ -468,7 +551,8 @@ def generate_streams(
                 "training": f"{split}.jsonl",
                 "evaluation": f"{split}_streams.jsonl",
                 "kinds": {
-                    k: sum(r["kind"] == k for r in evaluation) for k in ("event", "no_event", "barge_in")
+                    k: sum(r["kind"] == k for r in evaluation)
+                    for k in ("event", "no_event", "barge_in", "narrate")
                 },
             }
     (out_dir / "streams.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -526,11 +610,17 @@ def main(argv: list[str] | None = None) -> int:
         "--decoy-share", type=float, default=0.0, help="share of streams with a decoy event (default 0)"
     )
     parser.add_argument(
-        "--decoy-splits",
+        "--narrate-share",
+        type=float,
+        default=0.0,
+        help="share of streams whose prompt asks for every change (default 0)",
+    )
+    parser.add_argument(
+        "--aid-splits",
         nargs="+",
         choices=SPLITS,
         default=["train"],
-        help="the splits that --decoy-share applies to (default: train)",
+        help="the splits that --decoy-share and --narrate-share apply to (default: train)",
     )
     parser.add_argument(
         "--sample",
@@ -556,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         args.tasks,
         not args.quiet,
         args.decoy_share,
-        args.decoy_splits,
+        args.aid_splits,
+        args.narrate_share,
     )
     print(json.dumps(manifest["splits"], indent=2))
     return 0
