@@ -58,6 +58,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of training streams whose prompt asks for every change, so that the model learns to say "
         "which shape changed",
     )
+    parser.add_argument(
+        "--decision-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the choice after each frame between silence and a reply (finetune's "
+        "--decision_loss_weight)",
+    )
+    parser.add_argument(
+        "--tune-vision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the vision tower too (default; --no-tune-vision freezes it)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
@@ -113,13 +126,13 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "finetune",
         "--model_name_or_path", str(base), "--data_path", str(data_dir / "train.jsonl"),
         "--output_dir", str(trained_dir), "--dtype", "float32", "--use_cpu", "True",
-        "--tune_vision", "True", "--tune_language", "True", "--tune_lm_head", "True",
+        "--tune_vision", str(args.tune_vision), "--tune_language", "True", "--tune_lm_head", "True",
         "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.warmup_steps),
         "--weight_decay", "0.01", "--adam_beta2", "0.98", "--max_grad_norm", "1.0",
         "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
         "--dataloader_num_workers", "0", "--cache_samples", "True", "--seed", str(args.seed),
-        "--max_length", "512",
+        "--max_length", "512", "--decision_loss_weight", str(args.decision_weight),
     ))
     # fmt: on
     summary = {
@@ -128,6 +141,8 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "decoy_share": args.decoy_share,
         "narrate_share": args.narrate_share,
         "frame_pixels": args.frame_pixels,
+        "decision_weight": args.decision_weight,
+        "tune_vision": args.tune_vision,
         "steps": args.max_steps,
         "batch_size": args.batch_size,
         "minutes": round((time.time() - started) / 60, 1),

@@ -7,6 +7,12 @@ between staying silent and starting a reply (given that it stayed silent on ever
 
     python scripts/probe_realtime_decisions.py --model src/mossvl/assets/demo_realtime_model --index 5 \\
         --prompt "Tell me when a blue shape appears." --prompt "Tell me when a red shape appears."
+
+``--scan N`` does the same for the first N streams of the split under their own prompts and scores the choices as
+``mossvl eval --streams`` does (an event is detected when the model would speak on its frame or up to two frames
+later; a false alarm is an event-free stream in which it would speak), greedily and for a range of thresholds on
+P(silence). It takes seconds rather than minutes. False alarms are exact (until a model speaks, a session feeds
+what the scan feeds); recall is close but not equal, since after a reply a session feeds that reply.
 """
 
 from __future__ import annotations
@@ -18,16 +24,26 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import mossvl
 from mossvl import constants as C
 from mossvl.data.synthetic_streams import make_stream, training_record, write_stream_video
+from mossvl.evaluation.streams import (
+    DEFAULT_TOLERANCE_FRAMES,
+    StreamCase,
+    StreamEvent,
+    StreamMetrics,
+    metrics,
+    score_stream,
+)
 from mossvl.training.data import SFTCollator, SFTDataset
 
 
-def silence_probabilities(model, processor, stream, folder: Path) -> list[float]:
-    """P(<|silence|>) after each frame of `stream`, teacher-forced on the training sample of `stream`."""
-    write_stream_video(stream, folder / "clip.mp4")
+def decision_probabilities(model, processor, stream, folder: Path) -> tuple[list[float], list[float]]:
+    """P(<|silence|>) and the probability of the likeliest other token after each frame of `stream`,
+    teacher-forced on the training sample of `stream`; the clip must already be at ``folder/clip.mp4`` (prompts
+    vary, the clip does not)."""
     (folder / "sample.jsonl").write_text(json.dumps(training_record(stream, "clip.mp4")) + "\n")
     sample = SFTDataset(folder / "sample.jsonl", processor)[0]
     batch = SFTCollator(processor.tokenizer.pad_token_id)([sample])
@@ -36,7 +52,49 @@ def silence_probabilities(model, processor, stream, folder: Path) -> list[float]
         logits = model(**batch).logits[0]
     silence, frame_end = processor.tokenizer.convert_tokens_to_ids([C.SILENCE, C.VISION_END])
     decisions = (sample["input_ids"] == frame_end).nonzero().flatten()
-    return logits[decisions].softmax(-1)[:, silence].tolist()
+    probabilities = logits[decisions].softmax(-1)
+    silent = probabilities[:, silence].tolist()
+    probabilities[:, silence] = 0
+    return silent, probabilities.max(-1).values.tolist()
+
+
+def detection(choices: list[tuple[StreamCase, list[bool]]]) -> StreamMetrics:
+    """How `mossvl eval --streams` scores these choices to speak after each frame of each stream."""
+    results = [
+        score_stream(case, ["x" if speak else "" for speak in speaks], DEFAULT_TOLERANCE_FRAMES)
+        for case, speaks in choices
+    ]
+    return metrics(results)
+
+
+def scan(model, processor, args: argparse.Namespace, folder: Path) -> None:
+    """Score the first ``args.scan`` streams of the split greedily and for thresholds on P(silence)."""
+    choices = []
+    for index in tqdm(range(args.scan), desc="streams"):
+        stream = make_stream(args.seed, args.split, index)
+        write_stream_video(stream, folder / "clip.mp4")
+        silent, other = decision_probabilities(model, processor, replace(stream, replies={}), folder)
+        events = tuple(
+            StreamEvent(f, f / stream.scene.fps, reply) for f, reply in sorted(stream.replies.items())
+        )
+        case = StreamCase(
+            str(index), stream.task, stream.kind, "clip.mp4", stream.scene.fps, len(silent), {}, events
+        )
+        choices.append((case, silent, other))
+    print(f"{args.scan} {args.split} streams, teacher-forced on silence (see the module docstring):")
+    greedy = detection(
+        [(case, [s < o for s, o in zip(silent, other, strict=True)]) for case, silent, other in choices]
+    )
+    print(
+        f"  greedy, as sessions decode:  recall {greedy.recall:6.1%}  "
+        f"false alarms {greedy.false_alarm_rate:6.1%} of {greedy.event_free_streams}"
+    )
+    for threshold in [step / 10 for step in range(1, 10)]:
+        scored = detection([(case, [s < threshold for s in silent]) for case, silent, _ in choices])
+        print(
+            f"  speak when P(silence) < {threshold:.1f}: recall {scored.recall:6.1%}  "
+            f"false alarms {scored.false_alarm_rate:6.1%}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,21 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prompt", action="append", help="prompt to try (repeatable; default: the stream's own)"
     )
+    parser.add_argument("--scan", type=int, help="score the first N streams of the split instead")
     args = parser.parse_args(argv)
     model, processor = mossvl.load(str(args.model))
     model.float().eval()
     with tempfile.TemporaryDirectory() as folder:
+        if args.scan:
+            scan(model, processor, args, Path(folder))
+            return 0
         for index in args.index or [0, 5]:
             stream = make_stream(args.seed, args.split, index)
             print(
                 f"stream {args.split} #{index} ({stream.task}, {stream.kind}); replies due: {stream.replies}"
             )
             print("  P(silence) after each frame:")
+            write_stream_video(stream, Path(folder) / "clip.mp4")
             for prompt in args.prompt or [stream.prompts[0][1]]:
-                probabilities = silence_probabilities(
+                silent, _ = decision_probabilities(
                     model, processor, replace(stream, prompts=[(0, prompt)], replies={}), Path(folder)
                 )
-                print(f"  {prompt:<45} " + " ".join(f"{p:.2f}" for p in probabilities))
+                print(f"  {prompt:<45} " + " ".join(f"{p:.2f}" for p in silent))
     return 0
 
 

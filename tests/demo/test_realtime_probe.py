@@ -1,6 +1,7 @@
-"""`scripts/probe_realtime_decisions.py`: one line of P(<|silence|>) per prompt, one value per frame of the stream,
-read from the shipped realtime demo model."""
+"""`scripts/probe_realtime_decisions.py` on the shipped realtime demo model: one line of P(<|silence|>) per prompt,
+one value per frame of the stream; ``--scan``: recall and false alarms, greedy and per threshold."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,21 @@ from mossvl.inference.api import demo_realtime_model_dir
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_realtime_decisions.py"
 
 
-def test_probe_prints_a_silence_probability_per_frame_and_prompt():
-    prompts = ["Tell me when a blue shape appears.", "Say when anything moves."]
+def probe(*args: str) -> list[str]:
+    """The script's output lines on the shipped realtime demo model."""
     shown = subprocess.run(
-        [sys.executable, str(SCRIPT), "--model", str(demo_realtime_model_dir()), "--index", "5"]
-        + [arg for prompt in prompts for arg in ("--prompt", prompt)],
+        [sys.executable, str(SCRIPT), "--model", str(demo_realtime_model_dir()), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert shown.returncode == 0, shown.stderr
-    lines = shown.stdout.splitlines()
+    return shown.stdout.splitlines()
+
+
+def test_probe_prints_a_silence_probability_per_frame_and_prompt():
+    prompts = ["Tell me when a blue shape appears.", "Say when anything moves."]
+    lines = probe("--index", "5", *[arg for prompt in prompts for arg in ("--prompt", prompt)])
     assert lines[0].startswith("stream test #5 (appear, event)")
     rows = [line.strip() for line in lines if line.strip().startswith(tuple(prompts))]
     assert [row[: len(prompt)] for row, prompt in zip(rows, prompts, strict=True)] == prompts
@@ -30,3 +35,15 @@ def test_probe_prints_a_silence_probability_per_frame_and_prompt():
         values = [float(v) for v in line.split()[-frames:]]
         assert len(values) == frames and all(0 <= v <= 1 for v in values)
         assert values[0] > 0.9  # nothing has happened on the first frame: the model stays silent
+
+
+def test_scan_scores_the_greedy_choices_and_each_threshold():
+    lines = probe("--scan", "10")
+    assert lines[0].startswith("10 test streams, teacher-forced on silence")
+    figures = [re.findall(r"(\d+\.\d)%", line) for line in lines[1:]]
+    assert lines[1].strip().startswith("greedy") and len(lines) == 11
+    assert all(len(pair) == 2 and all(0 <= float(v) <= 100 for v in pair) for pair in figures)
+    # A higher threshold on P(silence) speaks on a superset of frames: neither figure can fall.
+    for column in (0, 1):
+        values = [float(pair[column]) for pair in figures[1:]]
+        assert values == sorted(values)

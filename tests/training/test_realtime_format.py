@@ -12,6 +12,7 @@ from mossvl.data.synthetic_streams import make_stream, training_record, write_st
 from mossvl.inference.engine import Engine
 from mossvl.inference.realtime_script import ScriptedStream, play_stream
 from mossvl.training.data import SFTDataset
+from mossvl.training.loss import decision_positions
 
 
 def barge_in_stream():
@@ -94,3 +95,17 @@ def test_labels_supervise_silences_replies_and_reply_ends(demo, sample):
                 expected.append(vision_start)
         expected.append(im_end)
     assert supervised == expected
+
+
+def test_the_weighted_decisions_of_a_sample_are_the_choices_after_each_frame(demo, sample):
+    _, processor = demo
+    stream, folder = sample
+    features = SFTDataset(folder / "data.jsonl", processor)[0]
+    frame_end, silence = processor.tokenizer.convert_tokens_to_ids([C.VISION_END, C.SILENCE])
+    after_frame = set(((features["input_ids"] == frame_end).nonzero().flatten() + 1).tolist())
+    decisions = set(decision_positions(features["labels"][None])[0].nonzero().flatten().tolist())
+    assert len(after_frame) == stream.scene.num_frames and after_frame <= decisions
+    # Besides: the <|silence|> that opens the assistant turn of the prompt that arrives with a frame (barge-in).
+    openers = decisions - after_frame
+    assert len(openers) == len(stream.prompts) - 1 == 1
+    assert [int(features["labels"][k]) for k in openers] == [silence]

@@ -108,6 +108,13 @@ class TrainingArguments(transformers.TrainingArguments):
             "help": "After LoRA training, merge the adapters and save a plain checkpoint in output_dir."
         },
     )
+    decision_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Loss weight of the first supervised token after each unsupervised stretch: in realtime "
+            "samples, the choice after every frame between <|silence|> and a reply (1: plain cross-entropy)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator consumes the dataset's own keys."}
     )

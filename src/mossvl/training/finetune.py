@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import ConfigError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .data import SFTCollator, SFTDataset
+from .loss import decision_weighted_loss
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     from ..processing.processor import MossVLProcessor
 
     prepare_training_args(training_args)
+    weight = training_args.decision_loss_weight
+    # Built before anything loads, so that a bad weight fails at once.
+    loss_func = None if weight == 1 else decision_weighted_loss(weight)
     transformers.set_seed(training_args.seed)
     processor = MossVLProcessor.from_pretrained(model_args.model_name_or_path)
     processor.tokenizer.padding_side = "right"
@@ -210,6 +214,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
         train_dataset=dataset,
         data_collator=SFTCollator(processor.tokenizer.pad_token_id, training_args.vision_chunked_length),
         processing_class=processor,
+        compute_loss_func=loss_func,
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
