@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 import mossvl
 from mossvl import constants as C
-from mossvl.data.synthetic_streams import make_stream, training_record, write_stream_video
+from mossvl.data.synthetic_streams import evaluation_record, make_stream, training_record, write_stream_video
 from mossvl.evaluation.streams import (
     DEFAULT_TOLERANCE_FRAMES,
     StreamCase,
-    StreamEvent,
     StreamMetrics,
+    load_streams,
     metrics,
     score_stream,
 )
@@ -69,18 +69,16 @@ def detection(choices: list[tuple[StreamCase, list[bool]]]) -> StreamMetrics:
 
 def scan(model, processor, args: argparse.Namespace, folder: Path) -> None:
     """Score the first ``args.scan`` streams of the split greedily and for thresholds on P(silence)."""
-    choices = []
+    probabilities, records = [], []
     for index in tqdm(range(args.scan), desc="streams"):
         stream = make_stream(args.seed, args.split, index)
         write_stream_video(stream, folder / "clip.mp4")
-        silent, other = decision_probabilities(model, processor, replace(stream, replies={}), folder)
-        events = tuple(
-            StreamEvent(f, f / stream.scene.fps, reply) for f, reply in sorted(stream.replies.items())
-        )
-        case = StreamCase(
-            str(index), stream.task, stream.kind, "clip.mp4", stream.scene.fps, len(silent), {}, events
-        )
-        choices.append((case, silent, other))
+        probabilities.append(decision_probabilities(model, processor, replace(stream, replies={}), folder))
+        records.append(evaluation_record(stream, "clip.mp4", str(index)))
+    # Read back as `mossvl eval` reads its stream file, so that the events are the ones it scores.
+    (folder / "streams.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    cases = load_streams(folder / "streams.jsonl", check_media=False)
+    choices = [(case, silent, other) for case, (silent, other) in zip(cases, probabilities, strict=True)]
     print(f"{args.scan} {args.split} streams, teacher-forced on silence (see the module docstring):")
     greedy = detection(
         [(case, [s < o for s, o in zip(silent, other, strict=True)]) for case, silent, other in choices]

@@ -38,9 +38,10 @@ def decision_weighted_loss(weight: float) -> Callable:
         targets = labels[:, 1:].to(outputs.logits.device)
         logits = outputs.logits[:, :-1].float().transpose(1, 2)  # (B, V, L-1), as cross_entropy wants
         token_loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
-        weights = (targets != IGNORE_INDEX).float()
+        supervised = targets != IGNORE_INDEX
+        weights = supervised.float()
         weights[decision_positions(targets)] = weight
-        count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+        count = num_items_in_batch if num_items_in_batch is not None else supervised.sum()
         return (token_loss * weights).sum() / count
 
     return loss
