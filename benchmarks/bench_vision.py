@@ -4,7 +4,10 @@ Runs a mid-size random vision tower over N frames of S×S pixels three ways, in 
   batched  - the shipped path: all frames of a size in one SDPA call per block;
   attn-loop - same model, attention looped frame by frame (one SDPA call per frame, as a packed varlen
               sequence split with cu_seqlens would be);
-  item-loop - one model call per frame (chunk_size=1 over single-frame images).
+  item-loop - one model call per frame (chunk_size=1 over single-frame images);
+  frame-rows - one model call with one grid row per frame, as realtime streams and training batches give it.
+With one grid row per frame, a training step (forward and backward) is also timed against a baseline that builds
+the position tables for every row instead of once per frame size.
 The same comparison is also made for one block's attention alone, where the frame loop is all that differs.
 Runs are interleaved and the best of --repeats is kept, since the machine may be shared; prints milliseconds
 and each baseline's ratio to the batched path (>1 = batched is faster).
@@ -50,6 +53,29 @@ def looped_attention(frame_lens: list[int]):
     finally:
         MossVLVisionAttention.forward = original
         del MossVLVisionAttention.frame_lens
+
+
+@contextmanager
+def tables_per_row():
+    """Baseline: position tables built for every grid row, not once per frame size."""
+    originals = MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables
+
+    def position_embeddings(self, grids):
+        return torch.cat([self.interpolated_pos_embed(h, w).repeat(t, 1) for t, h, w in grids])
+
+    def rotary_tables(self, grids, device):
+        angles = torch.cat([self.rotary_angles(h, w).repeat(t, 1) for t, h, w in grids]).to(device)
+        emb = torch.cat([angles, angles], dim=-1)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables = (
+        position_embeddings,
+        rotary_tables,
+    )
+    try:
+        yield
+    finally:
+        MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables = originals
 
 
 def best_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -111,6 +137,7 @@ def main() -> None:
                 "batched": lambda: model(pixels, video),
                 "attn-loop": looped(lambda: model(pixels, video), frame_lens),
                 "item-loop": lambda: model(pixels, images, chunk_size=1),
+                "frame-rows": lambda: model(pixels, images),
                 "attention batched": lambda: attention(hidden, cos, sin, groups),
                 "attention loop": looped(lambda: attention(hidden, cos, sin, groups), frame_lens),
             },
@@ -130,6 +157,26 @@ def main() -> None:
     print(
         f"whole tower, item-loop (model call per frame):  {ms['item-loop']:9.1f} ms   "
         f"ratio {ms['item-loop'] / ms['batched']:.2f}x"
+    )
+    print(
+        f"whole tower, frame-rows (grid row per frame):   {ms['frame-rows']:9.1f} ms   "
+        f"ratio {ms['frame-rows'] / ms['batched']:.2f}x"
+    )
+
+    def training_step():
+        model.zero_grad()
+        model(pixels, images).sum().backward()
+
+    def per_row_step():
+        with tables_per_row():
+            training_step()
+
+    model.train()
+    train_ms = best_ms({"per size": training_step, "per row": per_row_step}, args.repeats)
+    print(f"training step, frame-rows, tables per size:     {train_ms['per size']:9.1f} ms")
+    print(
+        f"training step, frame-rows, tables per row:      {train_ms['per row']:9.1f} ms   "
+        f"ratio {train_ms['per row'] / train_ms['per size']:.2f}x"
     )
     print(f"one attention layer, batched:                   {ms['attention batched']:9.1f} ms")
     print(

@@ -147,6 +147,30 @@ def test_mixed_frame_sizes_in_one_call_equal_separate_calls(model):
     torch.testing.assert_close(encode(model, pixels, grid), torch.cat(separate), rtol=0, atol=1e-5)
 
 
+def test_position_tables_are_built_once_per_frame_size(model, monkeypatch):
+    # Streams and training batches give one grid row per frame: the tables of a frame size must not be rebuilt
+    # for each of them.
+    rows = torch.tensor([[1, 4, 4]] * 6 + [[1, 2, 4]] * 3)
+    pixels = random_pixels(rows)
+    video = torch.tensor([[6, 4, 4], [3, 2, 4]])
+    reference = encode(model, pixels, video)
+    built = []
+    for name in ("interpolated_pos_embed", "rotary_angles"):
+        original = getattr(MossVLVisionModel, name)
+        monkeypatch.setattr(
+            MossVLVisionModel,
+            name,
+            lambda self, h, w, name=name, f=original: built.append((name, h, w)) or f(self, h, w),
+        )
+    torch.testing.assert_close(encode(model, pixels, rows), reference, rtol=0, atol=1e-6)
+    assert sorted(built) == [
+        ("interpolated_pos_embed", 2, 4),
+        ("interpolated_pos_embed", 4, 4),
+        ("rotary_angles", 2, 4),
+        ("rotary_angles", 4, 4),
+    ]
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 64])
 def test_chunk_size_gives_the_same_result(model, chunk_size):
     grid = torch.tensor([[1, 4, 6], [2, 2, 2], [1, 2, 4], [3, 4, 4]])

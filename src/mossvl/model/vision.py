@@ -35,6 +35,12 @@ def merge_window_ids(
     return torch.stack([rows.expand(shape).flatten(), cols.expand(shape).flatten()], dim=-1)
 
 
+def _frame_sizes(grids: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """The distinct (height, width) of the media, in first-seen order: tables are built once per frame size,
+    not once per frame."""
+    return list(dict.fromkeys((h, w) for _, h, w in grids))
+
+
 @dataclass(frozen=True)
 class FrameGroup:
     """Frames sharing one patch count; they are attended together in a single SDPA call."""
@@ -277,13 +283,13 @@ class MossVLVisionModel(nn.Module):
         return torch.cat([table[ids[:, 0]], table[ids[:, 1]]], dim=-1)
 
     def _position_embeddings(self, grids: list[tuple[int, int, int]]) -> torch.Tensor:
-        per_size = {(h, w): self.interpolated_pos_embed(h, w) for _, h, w in grids}
+        per_size = {size: self.interpolated_pos_embed(*size) for size in _frame_sizes(grids)}
         return torch.cat([per_size[h, w].repeat(t, 1) for t, h, w in grids])
 
     def _rotary_tables(
         self, grids: list[tuple[int, int, int]], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        per_size = {(h, w): self.rotary_angles(h, w) for _, h, w in grids}
+        per_size = {size: self.rotary_angles(*size) for size in _frame_sizes(grids)}
         angles = torch.cat([per_size[h, w].repeat(t, 1) for t, h, w in grids]).to(device)
         emb = torch.cat([angles, angles], dim=-1)[:, None, :]  # (N, 1, head_dim)
         return emb.cos(), emb.sin()
