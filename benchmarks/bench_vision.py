@@ -1,6 +1,6 @@
 """Benchmark: the vision encoder's batched per-frame attention vs per-frame loops (not a test).
 
-Runs a mid-size random vision tower over N frames of S×S pixels three ways, in one process:
+Runs a mid-size random vision tower over N frames of S×S pixels four ways, in one process:
   batched  - the shipped path: all frames of a size in one SDPA call per block;
   attn-loop - same model, attention looped frame by frame (one SDPA call per frame, as a packed varlen
               sequence split with cu_seqlens would be);
@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from mossvl.model import vision
 from mossvl.model.configuration import MossVLVisionConfig
 from mossvl.model.vision import MossVLVisionAttention, MossVLVisionModel, apply_rotary, frame_groups
 
@@ -58,24 +59,12 @@ def looped_attention(frame_lens: list[int]):
 @contextmanager
 def tables_per_row():
     """Baseline: position tables built for every grid row, not once per frame size."""
-    originals = MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables
-
-    def position_embeddings(self, grids):
-        return torch.cat([self.interpolated_pos_embed(h, w).repeat(t, 1) for t, h, w in grids])
-
-    def rotary_tables(self, grids, device):
-        angles = torch.cat([self.rotary_angles(h, w).repeat(t, 1) for t, h, w in grids]).to(device)
-        emb = torch.cat([angles, angles], dim=-1)[:, None, :]
-        return emb.cos(), emb.sin()
-
-    MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables = (
-        position_embeddings,
-        rotary_tables,
-    )
+    original = vision.tile_per_frame
+    vision.tile_per_frame = lambda grids, build: torch.cat([build(h, w).repeat(t, 1) for t, h, w in grids])
     try:
         yield
     finally:
-        MossVLVisionModel._position_embeddings, MossVLVisionModel._rotary_tables = originals
+        vision.tile_per_frame = original
 
 
 def best_ms(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

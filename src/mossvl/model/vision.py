@@ -9,6 +9,7 @@ itself; frames of equal patch count go through one batched SDPA call. The output
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +36,13 @@ def merge_window_ids(
     return torch.stack([rows.expand(shape).flatten(), cols.expand(shape).flatten()], dim=-1)
 
 
-def _frame_sizes(grids: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-    """The distinct (height, width) of the media, in first-seen order: tables are built once per frame size,
-    not once per frame."""
-    return list(dict.fromkeys((h, w) for _, h, w in grids))
+def tile_per_frame(
+    grids: list[tuple[int, int, int]], build: Callable[[int, int], torch.Tensor]
+) -> torch.Tensor:
+    """Rows of ``build(h, w)`` for every frame of every media item, in order. Streams and training batches give
+    one grid row per frame, so the table of each frame size is built once, not once per row."""
+    per_size = {(h, w): build(h, w) for h, w in dict.fromkeys((h, w) for _, h, w in grids)}
+    return torch.cat([per_size[h, w].repeat(t, 1) for t, h, w in grids])
 
 
 @dataclass(frozen=True)
@@ -283,14 +287,12 @@ class MossVLVisionModel(nn.Module):
         return torch.cat([table[ids[:, 0]], table[ids[:, 1]]], dim=-1)
 
     def _position_embeddings(self, grids: list[tuple[int, int, int]]) -> torch.Tensor:
-        per_size = {size: self.interpolated_pos_embed(*size) for size in _frame_sizes(grids)}
-        return torch.cat([per_size[h, w].repeat(t, 1) for t, h, w in grids])
+        return tile_per_frame(grids, self.interpolated_pos_embed)
 
     def _rotary_tables(
         self, grids: list[tuple[int, int, int]], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        per_size = {size: self.rotary_angles(*size) for size in _frame_sizes(grids)}
-        angles = torch.cat([per_size[h, w].repeat(t, 1) for t, h, w in grids]).to(device)
+        angles = tile_per_frame(grids, self.rotary_angles).to(device)
         emb = torch.cat([angles, angles], dim=-1)[:, None, :]  # (N, 1, head_dim)
         return emb.cos(), emb.sin()
 
