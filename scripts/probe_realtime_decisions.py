@@ -10,8 +10,8 @@ between staying silent and starting a reply (given that it stayed silent on ever
 
 ``--scan N`` does the same for the first N streams of the split under their own prompts and scores the choices as
 ``mossvl eval --streams`` does (an event is detected when the model would speak on its frame or up to two frames
-later; a false alarm is an event-free stream in which it would speak), greedily and for a range of thresholds on
-P(silence). It takes seconds rather than minutes. False alarms are exact (until a model speaks, a session feeds
+later; a false alarm is an event-free stream in which it would speak), greedily, greedily with a range of
+``--silence-bias`` values, and for a range of thresholds on P(silence). It takes seconds rather than minutes. False alarms are exact (until a model speaks, a session feeds
 what the scan feeds); recall is close but not equal, since after a reply a session feeds that reply.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,9 @@ from mossvl.evaluation.streams import (
     score_stream,
 )
 from mossvl.training.data import SFTCollator, SFTDataset
+
+# Logit biases on <|silence|> that --scan scores (mossvl realtime / eval --silence-bias).
+SILENCE_BIASES = (-0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -4.0)
 
 
 def decision_probabilities(model, processor, stream, folder: Path) -> tuple[list[float], list[float]]:
@@ -87,6 +91,18 @@ def scan(model, processor, args: argparse.Namespace, folder: Path) -> None:
         f"  greedy, as sessions decode:  recall {greedy.recall:6.1%}  "
         f"false alarms {greedy.false_alarm_rate:6.1%} of {greedy.event_free_streams}"
     )
+    for bias in SILENCE_BIASES:
+        scale = math.exp(bias)
+        scored = detection(
+            [
+                (case, [s * scale < o for s, o in zip(silent, other, strict=True)])
+                for case, silent, other in choices
+            ]
+        )
+        print(
+            f"  greedy, --silence-bias {bias:4.1f}:  recall {scored.recall:6.1%}  "
+            f"false alarms {scored.false_alarm_rate:6.1%}"
+        )
     for threshold in [step / 10 for step in range(1, 10)]:
         scored = detection([(case, [s < threshold for s in silent]) for case, silent, _ in choices])
         print(

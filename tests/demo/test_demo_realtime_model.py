@@ -49,6 +49,13 @@ def test_silent_before_the_event_and_speaks_within_two_frames(engine):
     assert "red" in replies[spoken[0]]
 
 
+def test_silence_bias_sets_how_readily_it_speaks(engine):
+    (case,) = load_streams(SAMPLES_DIR / "stream.json")
+    assert session_player(engine, silence_bias=100.0)(case) == [""] * case.num_frames
+    eager = session_player(engine, silence_bias=-100.0)(case)
+    assert eager[0] and all(eager), eager
+
+
 def test_unseen_streams(engine, tmp_path):
     records = []
     for index in range(UNSEEN_COUNT):

@@ -181,6 +181,32 @@ def test_generation_config_gives_the_defaults_and_calls_override_them(golden_mod
         golden_model.generation_config.max_new_tokens = None
 
 
+def test_checkpoint_sequence_bias_steers_every_request_and_bad_ids_fail_alone(golden_model, golden_processor):
+    """A bias in generation_config.json applies to each request (as a realtime checkpoint's silence bias does); a
+    request that biases a token the vocabulary lacks fails alone, naming it."""
+    plain = Engine(golden_model, golden_processor).generate([{"prompt": "Hi", "max_new_tokens": 4}])[0]
+    favourite = plain.token_ids[0] + 1
+    golden_model.generation_config.sequence_bias = [[[favourite], 100.0]]
+    try:
+        engine = Engine(golden_model, golden_processor)
+        steered, unbiased, bad = engine.generate(
+            [
+                {"prompt": "Hi", "max_new_tokens": 4},
+                {
+                    "prompt": "Hi",
+                    "max_new_tokens": 4,
+                    "generate_kwargs": {"sequence_bias": {(favourite,): 0.0}},
+                },
+                {"prompt": "Hi", "generate_kwargs": {"sequence_bias": {(10**6,): -1.0}}},
+            ]
+        )
+    finally:
+        golden_model.generation_config.sequence_bias = None
+    assert steered.token_ids == [favourite] * 4
+    assert unbiased.token_ids == plain.token_ids
+    assert isinstance(bad.exception, QueryError) and "[1000000] are outside the vocabulary" in bad.error
+
+
 def test_chunked_prefill_gives_the_same_tokens(golden_model, golden_processor, media):
     """Frames one at a time through the vision tower and the prompt in 3-token chunks: the same answer."""
     query = {"prompt": "What happens?", "videos": [media["vid_a"]], "max_new_tokens": 8}

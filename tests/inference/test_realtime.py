@@ -126,6 +126,9 @@ def test_frame_queue_drops_the_oldest_and_timestamps_must_not_decrease(golden_mo
         session.push_prompt("  ")
     with pytest.raises(QueryError, match="frame_queue_size"):
         RealtimeSession(Engine(golden_model, golden_processor), RealtimeConfig(frame_queue_size=0))
+    for bias in (float("nan"), 1e6, True):
+        with pytest.raises(QueryError, match="silence_bias"):
+            RealtimeSession(Engine(golden_model, golden_processor), RealtimeConfig(silence_bias=bias))
 
 
 def test_the_visual_window_keeps_memory_flat(golden_model, golden_processor):

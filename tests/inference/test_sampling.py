@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from mossvl.errors import QueryError
 from mossvl.inference.sampling import GenerationSettings, RowSampler, select_next_tokens
@@ -51,3 +52,34 @@ def test_sampling_follows_the_seed_and_the_filters():
     assert {sampler(torch.zeros(1, 0, dtype=torch.long), logits) for _ in range(50)} <= {1, 2}
     nucleus = RowSampler(GenerationSettings(do_sample=True, top_k=0, top_p=0.01, seed=1))
     assert {nucleus(torch.zeros(1, 0, dtype=torch.long), logits) for _ in range(20)} == {1}
+
+
+def test_sequence_bias_shifts_a_token_and_comes_from_the_generation_config():
+    config = GenerationConfig(sequence_bias=[[[2], -3.0]])
+    settings = GenerationSettings.from_generation_config(config)
+    assert settings.sequence_bias == (((2,), -3.0),)
+    sampler = RowSampler(settings)
+    assert sampler.needs_history and not sampler.plain_greedy
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    assert select_next_tokens([sampler], [empty], torch.tensor([[0.0, 1.0, 3.5]])) == [1]
+    assert select_next_tokens([sampler], [empty], torch.tensor([[0.0, 1.0, 4.5]])) == [2]
+    # A multi-token sequence biases its last token only after the others were generated.
+    pair = RowSampler(GenerationSettings.from_kwargs({"sequence_bias": {(0, 2): 5.0}}))
+    logits = torch.tensor([[0.0, 1.0, -3.0]])
+    assert select_next_tokens([pair], [torch.tensor([[0]])], logits) == [2]
+    assert select_next_tokens([pair], [torch.tensor([[1]])], logits) == [1]
+
+
+@pytest.mark.parametrize(
+    "bias, problem",
+    [
+        ([[2, -3.0]], r"expected \{\(token ids...\): bias\}"),
+        ({(): 1.0}, "non-empty ids"),
+        ({(1,): float("nan")}, "non-empty ids"),
+        ({(1,): 1e9}, r"\|bias\| <= 10000"),
+        ("silence", "sequence_bias='silence' is invalid"),
+    ],
+)
+def test_bad_sequence_bias_is_refused(bias, problem):
+    with pytest.raises(QueryError, match=problem):
+        GenerationSettings.from_kwargs({"sequence_bias": bias})

@@ -95,6 +95,17 @@ def test_openai_client_with_a_video_file_and_streaming(live_server, client):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_logit_bias_steers_the_answer(live_server, client):
+    """OpenAI's logit_bias becomes the engine's sequence_bias: a +100 token is chosen at every step."""
+    question = "What color is the shape?"
+    messages = user(image_part(data_uri(IMAGE, "image/png")), {"type": "text", "text": question})
+    (red,) = live_server.processor.tokenizer.encode(" red", add_special_tokens=False)
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=messages, max_tokens=3, logit_bias={str(red): 100}
+    )
+    assert reply.choices[0].message.content == " red red red"
+
+
 def test_lmms_eval_video_payload(live_server, client):
     """lmms-eval's OpenAI model: a file:// video_url and extra_body.media_io_kwargs.video.num_frames."""
     question = "What happens to the blue circle in the video?"
@@ -154,6 +165,9 @@ def chat_body(**extra) -> dict:
         ({"body": chat_body(tools=[{"type": "function"}])}, 400, "'tools'"),
         ({"body": chat_body(best_of=3)}, 400, "'best_of'"),
         ({"body": chat_body(temperature="hot")}, 400, "temperature"),
+        ({"body": chat_body(logit_bias={"red": 5})}, 400, "'logit_bias'"),
+        ({"body": chat_body(logit_bias={"5": 500})}, 400, "[-100, 100]"),
+        ({"body": chat_body(logit_bias={"99999999": 5})}, 400, "outside the vocabulary"),
         ({"body": chat_body(max_tokens=-3)}, 400, "max_new_tokens"),
         ({"body": {**chat_body(), "messages": []}}, 400, "messages"),
         ({"body": {**chat_body(), "messages": user({"type": "input_audio"})}}, 400, "input_audio"),

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--streams: a reply up to this many frames after an event detects it (default 2)",
     )
     parser.add_argument(
+        "--silence-bias",
+        type=float,
+        default=None,
+        help="--streams: added to the logit of <|silence|> after each frame: below 0 speaks more readily (default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
         "--concurrency", type=_positive_int, default=8, help="--streams: sessions at a time (default 8)"
     )
     parser.add_argument(
@@ -103,7 +109,7 @@ def run_streams(args: argparse.Namespace) -> int:
         args.checkpoint = str(demo_realtime_model_dir())
     model, processor = load_from_args(args)
     engine = engine_for(model, processor)
-    player = session_player(engine, max_new_tokens=args.max_new_tokens)
+    player = session_player(engine, max_new_tokens=args.max_new_tokens, silence_bias=args.silence_bias)
     report = evaluate_streams(
         cases, player, args.tolerance_frames, concurrency=args.concurrency, progress=not args.quiet
     )

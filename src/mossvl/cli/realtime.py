@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     session.add_argument("--max-new-tokens", type=int, default=4096, help="allowance per input")
     session.add_argument("--frame-queue-size", type=int, default=256)
     session.add_argument("--visual-window", type=float, default=None, help="seconds of frames kept in memory")
+    session.add_argument(
+        "--silence-bias",
+        type=float,
+        default=None,
+        help="added to the logit of <|silence|> after each frame: below 0 speaks more readily (default: the checkpoint's generation_config)",
+    )
     common.add_kv_cache_argument(session)
     session.add_argument(
         "--drain-seconds", type=float, default=15.0, help="wait this long for output at the end"
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         visual_window=args.visual_window,
+        silence_bias=args.silence_bias,
     )
     engine = Engine(model, processor, EngineConfig(kv_cache_dtype=common.kv_cache_dtype_from_args(args)))
     session = RealtimeSession(engine, config)

@@ -332,8 +332,9 @@ def evaluate_streams(
     return StreamReport(results, tolerance, chance_metrics(cases, tolerance))
 
 
-def session_player(engine: Engine, max_new_tokens: int = 64) -> PlayFn:
-    """A PlayFn that runs each stream through a lock-step realtime session on ``engine``."""
+def session_player(engine: Engine, max_new_tokens: int = 64, silence_bias: float | None = None) -> PlayFn:
+    """A PlayFn that runs each stream through a lock-step realtime session on ``engine`` (``silence_bias``:
+    RealtimeConfig's; None keeps the checkpoint's)."""
 
     def play(case: StreamCase) -> list[str]:
         script = ScriptedStream.from_video(case.video, case.fps, case.prompts, case.system_prompt)
@@ -342,6 +343,9 @@ def session_player(engine: Engine, max_new_tokens: int = 64) -> PlayFn:
                 f"stream {case.id}: video {case.video} gives {len(script.frames)} frames at {case.fps} fps, "
                 f"the record says {case.num_frames}"
             )
-        return [reply.text for reply in play_stream(engine, script, max_new_tokens).replies]
+        return [
+            reply.text
+            for reply in play_stream(engine, script, max_new_tokens, silence_bias=silence_bias).replies
+        ]
 
     return play

@@ -73,6 +73,12 @@ class InputProcessor:
                     layer = dict(layer)
                     pop_vision_chunked_length(layer)
                     settings = GenerationSettings.from_kwargs(layer, base=settings)
+            vocabulary = len(self.tokenizer)
+            for ids, _ in settings.sequence_bias:
+                if max(ids) >= vocabulary:
+                    raise QueryError(
+                        f"sequence_bias token ids {list(ids)} are outside the vocabulary ({vocabulary} tokens)"
+                    )
         return settings
 
     def conversation(

@@ -38,6 +38,7 @@ from ..processing.prompt import continuation_text, realtime_frame_prompt
 from .engine import Engine, engine_for
 from .event_channel import EventChannel
 from .request import FINISH_CANCELLED, PreparedRequest, Result
+from .sampling import MAX_SEQUENCE_BIAS
 
 DEFAULT_MAX_TOKENS_PER_TURN = 86400  # the official default: a tokens-per-second pace that never binds
 DEFAULT_MAX_NEW_TOKENS = 4096
@@ -47,7 +48,10 @@ DEFAULT_FRAME_QUEUE = 256
 @dataclass
 class RealtimeConfig:
     """A realtime session's settings (official names). ``max_tokens_per_turn`` is a pace in tokens per second;
-    ``max_new_tokens`` an allowance per input; ``visual_window`` keeps the frames of the last that many seconds."""
+    ``max_new_tokens`` an allowance per input; ``visual_window`` keeps the frames of the last that many seconds.
+
+    ``silence_bias`` (ours) is added to the logit of ``<|silence|>``: below 0 the model speaks more readily, above 0
+    it waits for surer evidence. None keeps the checkpoint's ``sequence_bias`` (generation_config.json), if any."""
 
     initial_prompt: str | None = None
     system_prompt: str | None = None
@@ -61,6 +65,7 @@ class RealtimeConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     visual_window: float | None = None
+    silence_bias: float | None = None
 
     def check(self) -> None:
         if not isinstance(self.frame_queue_size, int) or self.frame_queue_size < 1:
@@ -71,6 +76,15 @@ class RealtimeConfig:
             )
         if self.visual_window is not None and not self.visual_window > 0:
             raise QueryError(f"visual_window={self.visual_window!r} is invalid: expected seconds > 0")
+        if self.silence_bias is not None and not (
+            isinstance(self.silence_bias, int | float)
+            and not isinstance(self.silence_bias, bool)
+            and abs(self.silence_bias) <= MAX_SEQUENCE_BIAS
+        ):
+            raise QueryError(
+                f"silence_bias={self.silence_bias!r} is invalid: expected a number in "
+                f"[-{MAX_SEQUENCE_BIAS:g}, {MAX_SEQUENCE_BIAS:g}]"
+            )
 
 
 @dataclass
@@ -117,6 +131,9 @@ class RealtimeSession:
                 "seed": self.config.seed,
             }
         )
+        if self.config.silence_bias is not None:
+            silence_bias = (((self._ids[C.SILENCE],), float(self.config.silence_bias)),)
+            settings = replace(settings, sequence_bias=silence_bias)
         self._settings = replace(
             settings,
             stop_token_ids=(self._ids[C.SILENCE], self._ids[C.VISION_START]),
@@ -438,8 +455,10 @@ def create_realtime_session(
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
     visual_window: float | None = None,
+    silence_bias: float | None = None,
 ) -> RealtimeSession:
-    """A realtime session on the model's shared engine (official signature; ``visual_window`` is ours)."""
+    """A realtime session on the model's shared engine (official signature; ``visual_window`` and
+    ``silence_bias`` are ours, see RealtimeConfig)."""
     config = RealtimeConfig(
         initial_prompt=initial_prompt,
         system_prompt=system_prompt,
@@ -452,6 +471,7 @@ def create_realtime_session(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
         visual_window=visual_window,
+        silence_bias=silence_bias,
     )
     return RealtimeSession(engine_for(model, processor), config)
 

@@ -65,9 +65,13 @@ class PlayedStream:
 
 
 def play_stream(
-    engine: Engine, script: ScriptedStream, max_new_tokens: int = 64, timeout: float = 120.0
+    engine: Engine,
+    script: ScriptedStream,
+    max_new_tokens: int = 64,
+    timeout: float = 120.0,
+    silence_bias: float | None = None,
 ) -> PlayedStream:
-    """Run ``script`` through a new greedy realtime session on ``engine``.
+    """Run ``script`` through a new greedy realtime session on ``engine`` (``silence_bias``: RealtimeConfig's).
 
     Raises MossVLError when the session reports an error or a frame gets no reply within ``timeout`` seconds.
     """
@@ -75,6 +79,7 @@ def play_stream(
         initial_prompt=script.prompts.get(0),
         system_prompt=script.system_prompt,
         max_new_tokens=max_new_tokens,
+        silence_bias=silence_bias,
     )
     session = RealtimeSession(engine, config)
     session.start()

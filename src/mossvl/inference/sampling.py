@@ -3,6 +3,10 @@
 HF ``generate()`` applies one set of logits processors to the whole batch; the engine needs one set per row so
 that every query of a batch keeps its own temperature, top-k, top-p, repetition penalty and seed. Each row gets
 its own list of transformers' logits processors; rows that are plain greedy are decided together by one argmax.
+
+``sequence_bias`` is HF's: an additive bias on a token (or on the last token of a sequence, when the tokens before
+it were just generated), given as ``{(ids...): bias}`` or as ``generation_config.json`` writes it,
+``[[[ids...], bias], ...]``. A realtime checkpoint can use it to set how readily it breaks its silence.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -40,7 +45,10 @@ _FROM_GENERATION_CONFIG = (
     "top_k",
     "top_p",
     "repetition_penalty",
+    "sequence_bias",
 )
+# A bias this large already decides every choice; the cap keeps float32 logits finite.
+MAX_SEQUENCE_BIAS = 1e4
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class GenerationSettings:
     stop_token_ids: tuple[int, ...] = ()
     skip_special_tokens: bool = True
     seed: int | None = None
+    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -109,6 +118,8 @@ class GenerationSettings:
                         f"generate kwarg {key}={values[key]!r:.100} is invalid: expected {expected}"
                     )
                 values[key] = tuple(values[key])
+        if "sequence_bias" in values:
+            values["sequence_bias"] = _sequence_bias_pairs(values["sequence_bias"])
         settings = replace(base, **values)
         settings.check()
         return settings
@@ -152,12 +163,36 @@ class GenerationSettings:
                 f"None or an int in [{_MIN_SEED}, {_MAX_SEED}]",
             ),
             ("skip_special_tokens", isinstance(self.skip_special_tokens, bool), "a bool"),
+            (
+                "sequence_bias",
+                all(
+                    ids
+                    and all(_is_int(t, 0, _MAX_INT32) for t in ids)
+                    and _is_number(bias)
+                    and abs(bias) <= MAX_SEQUENCE_BIAS
+                    for ids, bias in self.sequence_bias
+                ),
+                f"{{(token ids...): bias}} or [[[token ids...], bias], ...] with non-empty ids and |bias| <= "
+                f"{MAX_SEQUENCE_BIAS:g}",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise QueryError(
                     f"generate kwarg {name}={getattr(self, name)!r:.100} is invalid: expected {expected}"
                 )
+
+
+def _sequence_bias_pairs(value: object) -> tuple:
+    """``((ids...), bias)`` pairs of HF's two ``sequence_bias`` forms; anything else raises QueryError."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    try:
+        return tuple((tuple(ids), bias) for ids, bias in pairs)
+    except (TypeError, ValueError):
+        raise QueryError(
+            f"generate kwarg sequence_bias={value!r:.100} is invalid: expected {{(token ids...): bias}} or "
+            "[[[token ids...], bias], ...]"
+        ) from None
 
 
 def _is_number(value: object) -> bool:
@@ -174,6 +209,12 @@ class RowSampler:
     def __init__(self, settings: GenerationSettings, device: torch.device | str = "cpu"):
         self.settings = settings
         self.processors = LogitsProcessorList()
+        if settings.sequence_bias:
+            self.processors.append(
+                SequenceBiasLogitsProcessor(
+                    [[list(ids), float(bias)] for ids, bias in settings.sequence_bias]
+                )
+            )
         if settings.repetition_penalty != 1.0:
             self.processors.append(RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty)))
         if not settings.greedy:
@@ -189,8 +230,8 @@ class RowSampler:
 
     @property
     def needs_history(self) -> bool:
-        """True when the row's processors read its token history (repetition penalty)."""
-        return self.settings.repetition_penalty != 1.0
+        """True when the row's processors read its token history (repetition penalty, sequence bias)."""
+        return self.settings.repetition_penalty != 1.0 or bool(self.settings.sequence_bias)
 
     @property
     def plain_greedy(self) -> bool:

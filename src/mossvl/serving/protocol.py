@@ -21,7 +21,6 @@ DEFAULT_ONLY = {
     "top_logprobs": None,
     "presence_penalty": 0,
     "frequency_penalty": 0,
-    "logit_bias": None,
     "tools": None,
     "tool_choice": None,
     "functions": None,
@@ -42,7 +41,10 @@ SAMPLING_FIELDS = {
     "repetition_penalty",
     "seed",
     "stop",
+    "logit_bias",
 }
+# OpenAI's range of a logit_bias value.
+MAX_LOGIT_BIAS = 100
 KNOWN_FIELDS = {"model", "messages", "stream", "stream_options", "media_io_kwargs", "mm_processor_kwargs"}
 
 
@@ -138,7 +140,28 @@ def _generate_kwargs(body: dict) -> dict:
     stop = body.get("stop")
     if stop is not None:
         kwargs["stop"] = [stop] if isinstance(stop, str) else stop
+    if body.get("logit_bias"):
+        kwargs["sequence_bias"] = _sequence_bias(body["logit_bias"])
     return kwargs
+
+
+def _sequence_bias(logit_bias: Any) -> list:
+    """The engine's ``sequence_bias`` of OpenAI's ``logit_bias`` ({"token id": bias in [-100, 100]})."""
+    problem = bad_request(
+        f"'logit_bias'={logit_bias!r:.100} is invalid: expected an object mapping token ids to numbers in "
+        f"[-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]",
+        param="logit_bias",
+    )
+    if not isinstance(logit_bias, dict):
+        raise problem
+    pairs = []
+    for token, bias in logit_bias.items():
+        if not str(token).isdigit() or isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise problem
+        if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise problem
+        pairs.append([[int(token)], float(bias)])
+    return pairs
 
 
 def completion_id() -> str:
