@@ -36,13 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-model", type=Path, default=BASE_DIR, help="the model to fine-tune")
     parser.add_argument("--ship-dir", type=Path, default=SHIP_DIR, help="where the final model goes")
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help="where the eval table and plot go")
-    parser.add_argument("--train", type=int, default=6000, help="training streams to generate")
+    parser.add_argument("--train", type=int, default=8000, help="training streams to generate")
     parser.add_argument("--test", type=int, default=300, help="held-out test streams")
     parser.add_argument(
         "--decoy-share",
         type=float,
-        default=0.0,
-        help="share of training streams in which a shape the prompt does not ask about has its event too",
+        default=0.9,
+        help="share of training streams in which shapes the prompt does not ask about have their events too",
     )
     parser.add_argument(
         "--frame-pixels",
@@ -54,9 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--narrate-share",
         type=float,
-        default=0.0,
+        default=0.3,
         help="share of training streams whose prompt asks for every change, so that the model learns to say "
-        "which shape changed",
+        "which shape changed (and to see a shape start moving)",
     )
     parser.add_argument(
         "--decision-weight",
@@ -66,17 +66,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--decision_loss_weight)",
     )
     parser.add_argument(
+        "--reply-weight",
+        type=float,
+        default=3.0,
+        help="extra loss weight of the choices that open a reply rather than <|silence|> (finetune's "
+        "--reply_start_loss_weight)",
+    )
+    parser.add_argument(
         "--tune-vision",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="train the vision tower too (default; --no-tune-vision freezes it)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--stream-frames",
+        nargs=2,
+        type=int,
+        default=[6, 9],
+        metavar=("LEAST", "MOST"),
+        help="frames per training clip (default 6 9; held-out clips keep 8 to 14): shorter clips make cheaper steps",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["appear", "vanish", "recolor", "move", "cross", "move"],
+        help="the order in which tasks take turns in the training streams; a task named twice gets twice the "
+        "streams (default: every task once, 'move' twice)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--max-steps", type=int, default=1500, help="optimizer steps (1500 of 16: 4 passes over 6000 streams)"
+        "--max-steps",
+        type=int,
+        default=3800,
+        help="optimizer steps (3800 of 8: 3.8 passes over 8000 streams)",
     )
     parser.add_argument("--skip-train", action="store_true", help="reuse the trained checkpoint in work-dir")
     parser.add_argument(
@@ -85,12 +110,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, **shares: float) -> None:
-    """Generate the streams unless `data_dir` already holds this exact set; `shares`: ``decoy_share`` and
-    ``narrate_share`` of the training streams."""
+def prepare_data(data_dir: Path, n_train: int, n_test: int, seed: int, **aids: object) -> None:
+    """Generate the streams unless `data_dir` already holds this exact set; `aids`: the options of
+    `generate_streams` for the training split (``decoy_share``, ``narrate_share``, ``aid_frames``, ``aid_tasks``)."""
     from mossvl.data.synthetic_streams import generate_streams
 
-    demo_model.prepare_data(data_dir, n_train, n_test, seed, generate_streams, "streams.json", **shares)
+    demo_model.prepare_data(data_dir, n_train, n_test, seed, generate_streams, "streams.json", **aids)
 
 
 def base_with_frame_pixels(base_model: Path, folder: Path, frame_pixels: int) -> Path:
@@ -118,6 +143,8 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         args.seed,
         decoy_share=args.decoy_share,
         narrate_share=args.narrate_share,
+        aid_frames=list(args.stream_frames),
+        aid_tasks=list(args.tasks),
     )
     shutil.rmtree(trained_dir, ignore_errors=True)
     base = base_with_frame_pixels(args.base_model, args.work_dir / "base", args.frame_pixels)
@@ -133,6 +160,7 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
         "--dataloader_num_workers", "0", "--cache_samples", "True", "--seed", str(args.seed),
         "--max_length", "512", "--decision_loss_weight", str(args.decision_weight),
+        "--reply_start_loss_weight", str(args.reply_weight),
     ))
     # fmt: on
     summary = {
@@ -140,8 +168,11 @@ def train(args: argparse.Namespace, data_dir: Path, trained_dir: Path) -> dict:
         "training_streams": args.train,
         "decoy_share": args.decoy_share,
         "narrate_share": args.narrate_share,
+        "stream_frames": list(args.stream_frames),
+        "tasks": list(args.tasks),
         "frame_pixels": args.frame_pixels,
         "decision_weight": args.decision_weight,
+        "reply_weight": args.reply_weight,
         "tune_vision": args.tune_vision,
         "steps": args.max_steps,
         "batch_size": args.batch_size,

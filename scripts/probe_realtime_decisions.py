@@ -41,7 +41,7 @@ from mossvl.evaluation.streams import (
 from mossvl.training.data import SFTCollator, SFTDataset
 
 # Logit biases on <|silence|> that --scan scores (mossvl realtime / eval --silence-bias).
-SILENCE_BIASES = (-0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -4.0)
+SILENCE_BIASES = (-4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 2.0)
 
 
 def decision_probabilities(model, processor, stream, folder: Path) -> tuple[list[float], list[float]]:
@@ -100,7 +100,7 @@ def scan(model, processor, args: argparse.Namespace, folder: Path) -> None:
             ]
         )
         print(
-            f"  greedy, --silence-bias {bias:4.1f}:  recall {scored.recall:6.1%}  "
+            f"  greedy, --silence-bias {bias:+4.1f}:  recall {scored.recall:6.1%}  "
             f"false alarms {scored.false_alarm_rate:6.1%}"
         )
     for threshold in [step / 10 for step in range(1, 10)]:

@@ -57,21 +57,23 @@ def test_the_reply_frame_is_the_first_frame_that_shows_the_event(task, decoy_sha
         assert reply.endswith(f" at {frame / s.scene.fps:.1f} seconds.")
         before, after = s.scene.frames[frame - 1], s.scene.frames[frame]
         words = reply.split()
+        name = " ".join(words[:2]).lower()  # every reply opens with the shape's colour and kind
         if task == "appear":
-            name = " ".join(words[1:3])
             assert name not in [x.name for x in before] and name in [x.name for x in after]
+            assert s.prompts[0][1].split()[-2:] in (["shape", "appears."], ["shows", "up."])
+            assert words[0].lower() in s.prompts[0][1].split()
         elif task == "vanish":
-            name = " ".join(words[1:3])
             assert name in [x.name for x in before] and name not in [x.name for x in after]
         elif task == "recolor":
-            kind, color = words[1], words[3]
-            assert [x.color for x in before if x.shape == kind] != [color]
-            assert [x.color for x in after if x.shape == kind] == [color]
+            (old,) = [x for x in before if x.name == name]
+            (new,) = [x for x in after if (x.shape, x.x, x.y) == (old.shape, old.x, old.y)]
+            assert new.color == words[3] != old.color
+            assert f"the {name} " in s.prompts[0][1]
         elif task == "move":
-            assert all(a == b for a, b in zip(s.scene.frames[0], before, strict=True))
-            assert before != after
+            (mover,) = [x for x in before if x.name == name]
+            assert all(mover in frame for frame in s.scene.frames[:frame])
+            assert mover not in after
         else:
-            name = " ".join(words[1:3])
             (old,) = [x for x in before if x.name == name]
             (new,) = [x for x in after if x.name == name]
             middle = LINE_X + 1
@@ -98,25 +100,28 @@ def event_frames(s) -> list[int]:
 
 
 @pytest.mark.parametrize("task", ["appear", "vanish", "recolor", "cross"])
-def test_a_decoy_has_its_event_on_another_frame_as_often_before_the_target_as_after(task):
-    checked, decoy_first = 0, []
+def test_decoys_have_their_events_on_other_frames_as_often_before_the_target_as_after(task):
+    checked, decoy_before = 0, []
     for s in streams(400, decoy_share=1.0):
         if s.task != task:
             continue
         events = event_frames(s)
-        assert events and all(1 <= frame <= s.scene.num_frames - 1 for frame in events)
+        assert events and all(1 <= frame <= s.scene.num_frames - 2 for frame in events)
+        if task != "appear" and s.kind != "barge_in":  # the prompt names a kind, and so does every decoy
+            assert len({shape.shape for shape in s.scene.frames[0]}) == 1
         if s.kind == "event":
             ((frame, _),) = s.replies.items()
-            assert frame in events and set(events) - {frame}
-            decoy_first.append(min(events) < frame)
-        elif s.kind == "no_event":
-            assert min(events) <= s.scene.num_frames - 2
+            decoys = set(events) - {frame}
+            assert frame in events and 1 <= len(decoys) <= 2
+            decoy_before += [decoy < frame for decoy in decoys]
+        elif s.kind == "no_event":  # more decoys, so that the number of events tells nothing
+            assert len(events) >= (1 if task == "cross" else 2)
         else:  # barge-in: the old prompt's event, if any, comes after the switch and is not answered
             switch = s.prompts[1][0]
             assert all(frame >= switch for frame in s.replies)
         checked += 1
     assert checked >= 40
-    assert 0.3 <= sum(decoy_first) / len(decoy_first) <= 0.7  # order tells nothing about the target
+    assert 0.3 <= sum(decoy_before) / len(decoy_before) <= 0.7  # order tells nothing about the target
 
 
 def test_decoys_are_drawn_only_for_the_asked_splits_and_a_share_of_zero_changes_nothing(tmp_path):
@@ -134,6 +139,23 @@ def test_decoys_are_drawn_only_for_the_asked_splits_and_a_share_of_zero_changes_
         generate_streams(tmp_path, 1, 0, 0, decoy_share=0.5, aid_splits=["dev"], progress=False)
 
 
+def test_aid_frames_and_aid_tasks_shape_only_the_aid_splits(tmp_path):
+    plain = tmp_path / "plain"
+    generate_streams(plain, 4, 0, 3, seed=5, progress=False)
+    manifest = generate_streams(
+        tmp_path, 6, 0, 3, seed=5, progress=False, aid_frames=(6, 7), aid_tasks=["move", "appear"]
+    )
+    assert manifest["frames"] == {"train": [6, 7]} and manifest["aid_tasks"] == {"train": ["move", "appear"]}
+    train = [json.loads(line) for line in (tmp_path / "train_streams.jsonl").read_text().splitlines()]
+    assert [r["task"] for r in train] == ["move", "appear"] * 3
+    assert all(6 <= r["num_frames"] <= 7 for r in train)
+    assert (plain / "test_streams.jsonl").read_text() == (tmp_path / "test_streams.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"aid_frames must be \(least, most\) with 6 <= least <= most"):
+        generate_streams(tmp_path, 1, 0, 0, aid_frames=(5, 9), progress=False)
+    with pytest.raises(ValueError, match=r"unknown stream tasks \['jump'\]"):
+        generate_streams(tmp_path, 1, 0, 0, aid_tasks=["jump"], progress=False)
+
+
 def test_frame_changes_name_each_change_of_a_scene():
     red = Shape("red", "circle", 16, 4, 4)
     blue = Shape("blue", "square", 14, 40, 40)
@@ -148,18 +170,18 @@ def test_frame_changes_name_each_change_of_a_scene():
     ]
     scene = StreamScene(230, 2, tuple(frames))
     assert [frame_changes(scene, index) for index in range(1, len(frames))] == [
-        ["A blue square appeared at {time} seconds."],
-        ["The red circle turned green at {time} seconds."],
-        ["The green circle started moving at {time} seconds."],
+        ["Blue square appeared at {time} seconds."],
+        ["Red circle turned green at {time} seconds."],
+        ["Green circle started moving at {time} seconds."],
         [],
-        ["The blue square vanished at {time} seconds."],
-        ["A yellow triangle appeared at {time} seconds."],
+        ["Blue square vanished at {time} seconds."],
+        ["Yellow triangle appeared at {time} seconds."],
     ]
     # With the line, a move is news only when the centre crosses the line.
     step = [Shape("red", "square", 14, x, 20) for x in (2, 12, 22, 32, 42)]
     line_scene = StreamScene(230, 1, tuple((shape,) for shape in step), line=True)
     said = {index: frame_changes(line_scene, index) for index in range(1, len(step))}
-    assert said == {1: [], 2: [], 3: ["The red square crossed the line at {time} seconds."], 4: []}
+    assert said == {1: [], 2: [], 3: ["Red square crossed the line at {time} seconds."], 4: []}
     assert centre(step[2]) < LINE_X + 1 < centre(step[3])
 
 
@@ -178,9 +200,8 @@ def test_narrated_streams_answer_every_change_and_keep_the_scene():
             if changes:
                 time = f"{frame / told.scene.fps:.1f}"
                 assert told.replies[frame] == " ".join(c.format(time=time) for c in changes)
-        for frame, reply in plain.replies.items():  # what a task prompt asked for is news too
-            if plain.task != "recolor":
-                assert reply in told.replies[frame]
+        for frame, reply in plain.replies.items():  # what a task prompt asked for is news too, in its words
+            assert reply in told.replies[frame]
     assert make_stream(0, "test", 7, narrate_share=0.0) == make_stream(0, "test", 7)
 
 
@@ -215,5 +236,5 @@ def test_generated_files_decode_to_the_rendered_frames(tmp_path):
 
 def test_the_bundled_sample_stream():
     s = sample_stream()
-    assert s.replies == {7: "A red circle appeared at 3.5 seconds."}
+    assert s.replies == {7: "Red circle appeared at 3.5 seconds."}
     assert s.prompts == [(0, "Tell me when a red shape appears.")]

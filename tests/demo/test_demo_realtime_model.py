@@ -19,7 +19,8 @@ from mossvl.evaluation.streams import evaluate_streams, load_streams, session_pl
 from mossvl.inference.api import demo_realtime_model_dir
 from mossvl.inference.engine import Engine
 
-# Streams of a seed the shipped model never saw (it trains on seed 0).
+# Streams of a seed the shipped model never saw (it trains on seed 0); with about 19 events, one event is 5 points
+# of recall, so the bounds leave room below the held-out split's figures.
 UNSEEN_SEED = 11
 UNSEEN_COUNT = 20
 
@@ -46,7 +47,7 @@ def test_silent_before_the_event_and_speaks_within_two_frames(engine):
     assert replies[:event] == [""] * event
     spoken = [frame for frame, reply in enumerate(replies) if reply]
     assert spoken and event <= spoken[0] <= event + 2, replies
-    assert "red" in replies[spoken[0]]
+    assert "red" in replies[spoken[0]].lower()
 
 
 def test_silence_bias_sets_how_readily_it_speaks(engine):
@@ -65,8 +66,8 @@ def test_unseen_streams(engine, tmp_path):
     (tmp_path / "streams.jsonl").write_text("\n".join(records) + "\n")
     cases = load_streams(tmp_path / "streams.jsonl")
     figures = evaluate_streams(cases, session_player(engine), concurrency=4, progress=False).overall
-    assert figures.recall >= 0.75 and figures.precision >= 0.75, figures
-    assert figures.false_alarm_rate is None or figures.false_alarm_rate <= 0.34, figures
+    assert figures.recall >= 0.7 and figures.precision >= 0.85, figures
+    assert figures.false_alarm_rate is None or figures.false_alarm_rate <= 0.25, figures
 
 
 def test_eval_and_realtime_commands(tmp_path):
@@ -99,4 +100,4 @@ def test_eval_and_realtime_commands(tmp_path):
         timeout=300,
     )
     assert said.returncode == 0, said.stderr
-    assert "s] Assistant: A red" in said.stdout
+    assert "s] Assistant: Red" in said.stdout

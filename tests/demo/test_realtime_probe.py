@@ -1,5 +1,6 @@
 """`scripts/probe_realtime_decisions.py` on the shipped realtime demo model: one line of P(<|silence|>) per prompt,
-one value per frame of the stream; ``--scan``: recall and false alarms, greedy and per threshold."""
+one value per frame of the stream; ``--scan``: recall and false alarms, greedy, per silence bias and per
+threshold."""
 
 import re
 import subprocess
@@ -37,13 +38,21 @@ def test_probe_prints_a_silence_probability_per_frame_and_prompt():
         assert values[0] > 0.9  # nothing has happened on the first frame: the model stays silent
 
 
-def test_scan_scores_the_greedy_choices_and_each_threshold():
+def test_scan_scores_the_greedy_choices_each_bias_and_each_threshold():
     lines = probe("--scan", "10")
     assert lines[0].startswith("10 test streams, teacher-forced on silence")
+    assert lines[1].strip().startswith("greedy, as sessions decode")
     figures = [re.findall(r"(\d+\.\d)%", line) for line in lines[1:]]
-    assert lines[1].strip().startswith("greedy") and len(lines) == 11
     assert all(len(pair) == 2 and all(0 <= float(v) <= 100 for v in pair) for pair in figures)
-    # A higher threshold on P(silence) speaks on a superset of frames: neither figure can fall.
+    biased = [line for line in lines if "--silence-bias" in line]
+    thresholds = [line for line in lines if "P(silence) <" in line]
+    assert len(lines) == 2 + len(biased) + len(thresholds) and len(biased) >= 5 and len(thresholds) == 9
+    biases = [float(re.search(r"--silence-bias ([+-]\d+\.\d)", line).group(1)) for line in biased]
+    assert biases == sorted(biases)
     for column in (0, 1):
-        values = [float(pair[column]) for pair in figures[1:]]
+        # A higher bias on silence speaks on a subset of frames: neither figure can rise ...
+        values = [float(re.findall(r"(\d+\.\d)%", line)[column]) for line in biased]
+        assert values == sorted(values, reverse=True)
+        # ... and a higher threshold on P(silence) on a superset: neither figure can fall.
+        values = [float(re.findall(r"(\d+\.\d)%", line)[column]) for line in thresholds]
         assert values == sorted(values)

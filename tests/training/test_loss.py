@@ -54,20 +54,56 @@ def test_decisions_count_weight_times_over_the_supervised_token_count(logits_and
     )
 
 
-@pytest.mark.parametrize("weight", [0.0, -1.0])
-def test_a_weight_that_is_not_positive_is_refused(weight):
-    with pytest.raises(ConfigError, match="decision_loss_weight must be positive"):
-        decision_weighted_loss(weight)
+def test_choices_that_open_a_reply_count_reply_weight_times_more(logits_and_labels):
+    """Token 7 plays <|silence|>: of the decisions, the targets 5, 3, 4 and 6 open replies, the 7 does not."""
+    logits, labels = logits_and_labels
+    targets = labels[:, 1:]
+    token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets.clamp(min=0), reduction="none")
+    token_loss = token_loss * (targets != X)
+    replies = [(0, 1), (0, 8), (1, 0), (1, 3)]
+    silence = [(0, 4)]
+    decision = sum(token_loss[b, t] for b, t in replies + silence)
+    opening = sum(token_loss[b, t] for b, t in replies)
+    outputs = SimpleNamespace(logits=logits)
+    expected = (token_loss.sum() + decision + 2 * 3 * opening) / 8
+    loss = decision_weighted_loss(2.0, reply_weight=4.0, silence_id=7)(outputs, labels)
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"),
+    [
+        ((0.0, 1.0), "decision_loss_weight must be positive"),
+        ((-1.0, 1.0), "decision_loss_weight must be positive"),
+        ((1.0, 0.0), "reply_start_loss_weight must be positive"),
+        ((1.0, float("nan")), "reply_start_loss_weight must be positive"),
+    ],
+)
+def test_a_weight_that_is_not_positive_is_refused(weights, problem):
+    with pytest.raises(ConfigError, match=problem):
+        decision_weighted_loss(*weights, silence_id=7)
+
+
+def test_a_reply_weight_needs_the_silence_token():
+    with pytest.raises(ConfigError, match="needs the <|silence|> token id"):
+        decision_weighted_loss(1.0, reply_weight=2.0)
 
 
 def test_finetune_with_a_decision_weight_trains_and_logs_the_weighted_loss(make_args):
     plain = train(*make_args("plain", max_steps=2))
     weighted = train(*make_args("weighted", max_steps=2, decision_loss_weight=5.0))
-    logs = [json.loads((out / "trainer_state.json").read_text())["log_history"] for out in (plain, weighted)]
+    replies = train(*make_args("replies", max_steps=2, reply_start_loss_weight=5.0))
+    logs = [
+        json.loads((out / "trainer_state.json").read_text())["log_history"]
+        for out in (plain, weighted, replies)
+    ]
     first_loss = [log[0]["loss"] for log in logs]
-    assert first_loss[1] > first_loss[0]  # same first batch, same weights: only the decisions count more
+    # Same first batch, same weights: only the decisions (these offline answers all open replies) count more.
+    assert first_loss[1] > first_loss[0] and first_loss[2] > first_loss[0]
 
 
 def test_bad_weight_fails_before_the_model_loads(make_args):
     with pytest.raises(ConfigError, match="decision_loss_weight"):
         train(*make_args(decision_loss_weight=0.0))
+    with pytest.raises(ConfigError, match="reply_start_loss_weight"):
+        train(*make_args(reply_start_loss_weight=-2.0))

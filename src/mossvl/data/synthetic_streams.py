@@ -2,12 +2,13 @@
 
 A stream is a 64x64 clip at 1 or 2 fps that a realtime session receives one frame at a time. A prompt asks to be
 told when something happens; the target is ``<|silence|>`` after every frame except the first frame on which the
-event is visible, which gets one short sentence saying what happened and when ("A red circle appeared at 3.5
-seconds."). Tasks:
+event is visible, which gets one short sentence saying what happened and when ("Red circle appeared at 3.5
+seconds."). Every reply opens with the colour of the shape it is about: the choice between silence and a reply
+is then one output token per colour, which can weigh the colour asked for against the colour seen. Tasks:
 
 * ``appear``: "Tell me when a red shape appears." (shapes of other colours may appear too);
 * ``vanish``: "Tell me when the blue square disappears." (other shapes may vanish too);
-* ``recolor``: "Tell me when the circle changes colour.";
+* ``recolor``: "Tell me when the green circle changes colour.";
 * ``move``: "Say when anything moves." (shapes stand still, then one starts moving);
 * ``cross``: "Tell me when the green triangle crosses the line." (a vertical line splits the frame).
 
@@ -16,16 +17,19 @@ prompt arrives together with a frame, and from then on only the new prompt's eve
 event of the old prompt that happens later. Events fall on frames 1 .. n-2, so every stream opens and ends with a
 silent frame and an answer is never the last thing before a prompt or the end of a turn.
 
-A share of the streams (``decoy_share``; none by default, so held-out splits keep the natural mix) carry a decoy: a
-shape that the prompt does not ask about has the same kind of event on another inner frame (a shape of another
-colour appears, another shape vanishes, changes colour or crosses the line; a barge-in stream also gets the old
-prompt's event after the switch), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
-Without a decoy, about half the streams still show another shape's event, at any frame.
+A share of the streams (``decoy_share``; none by default, so held-out splits keep the natural mix) carry decoys:
+shapes that the prompt does not ask about have the same kind of event on other inner frames (shapes of other
+colours appear, vanish, change colour or cross the line; a barge-in stream also gets the old prompt's event after
+the switch), so that staying silent has to be learned as "not what was asked" rather than "nothing happened yet".
+There are one or two decoys beside the target's event and two or three when the target has none, so that the
+number of events tells nothing; where the prompt names a kind of shape, the decoys are of that kind, so that only
+the colour tells them apart. Without decoys, about half the streams still show another shape's event, at any
+frame.
 
 A share of the streams (``narrate_share``; none by default) ask for every change instead ("Tell me whenever
-anything changes."): each frame that shows one gets a sentence per change, read off the frames ("The red circle
+anything changes."): each frame that shows one gets a sentence per change, read off the frames ("Red circle
 turned green at 2.0 seconds."). Task replies can mostly copy the asked colour and shape from the prompt; these make
-the model say which shape changed, from what it sees.
+the model say which shape changed, from what it sees, and they are what teaches it to see a shape start moving.
 
 Each stream is written as an MP4 (one frame per 1/fps seconds) and two records: a realtime training record in
 the ``conversations`` format, whose assistant turns interleave one ``<|video|>`` per frame with ``<|silence|>`` or
@@ -73,21 +77,21 @@ _PROMPTS = {
     "appear": ("Tell me when a {color} shape appears.", "Let me know when something {color} shows up."),
     "vanish": ("Tell me when the {name} disappears.", "Let me know when the {name} is gone."),
     "recolor": (
-        "Tell me when the {shape} changes colour.",
-        "Let me know when the {shape} turns another colour.",
+        "Tell me when the {name} changes colour.",
+        "Let me know when the {name} turns another colour.",
     ),
     "move": ("Say when anything moves.", "Tell me when something starts moving."),
     "cross": ("Tell me when the {name} crosses the line.", "Let me know when the {name} passes the line."),
 }
+# Task replies and narration say a change in the same words.
 _REPLIES = {
-    "appear": "A {name} appeared at {time} seconds.",
-    "vanish": "The {name} vanished at {time} seconds.",
-    "recolor": "The {shape} turned {color} at {time} seconds.",
-    "move": "The {name} started moving at {time} seconds.",
-    "cross": "The {name} crossed the line at {time} seconds.",
+    "appear": "{name} appeared at {time} seconds.",
+    "vanish": "{name} vanished at {time} seconds.",
+    "recolor": "{name} turned {color} at {time} seconds.",
+    "move": "{name} started moving at {time} seconds.",
+    "cross": "{name} crossed the line at {time} seconds.",
 }
 _NARRATE_PROMPTS = ("Tell me whenever anything changes.", "Describe every change as it happens.")
-_CHANGE_REPLIES = {**_REPLIES, "recolor": "The {name} turned {color} at {time} seconds."}
 
 
 def reply_time(seconds: float) -> str:
@@ -167,30 +171,45 @@ def _show(frames: Frames, shape: Shape, start: int = 0, stop: int | None = None)
         frames[index].append(shape)
 
 
-def _watch(rng: np.random.Generator, task: str, **names: str) -> Watch:
+def _reply(task: str, **names: str) -> str:
+    """The reply to `task`'s event, opening with the shape's colour (``{time}`` left to fill)."""
     reply = _REPLIES[task].format(time="{time}", **names)
-    return Watch(pick(rng, _PROMPTS[task]).format(**names), reply)
+    return reply[0].upper() + reply[1:]
 
 
-def _decoy_frame(rng: np.random.Generator, frames: Frames, events: list[int | None]) -> int:
-    """The frame of a decoy's event: an inner frame without a target event, as likely before a target's event as
-    after it, so that the order of events tells nothing about which one was asked for."""
-    taken = {event for event in events if event is not None}
-    return int(pick(rng, [index for index in range(1, len(frames) - 1) if index not in taken]))
+def _watch(rng: np.random.Generator, task: str, **names: str) -> Watch:
+    return Watch(pick(rng, _PROMPTS[task]).format(**names), _reply(task, **names))
+
+
+def _decoy_frame(rng: np.random.Generator, frames: Frames, taken: list[int | None]) -> int:
+    """The frame of a decoy's event: an inner frame that no event in `taken` has (it is added there), as likely
+    before a target's event as after it, so that the order of events tells nothing about which one was asked
+    for."""
+    frame = int(pick(rng, [index for index in range(1, len(frames) - 1) if index not in taken]))
+    taken.append(frame)
+    return frame
+
+
+def _decoy_count(rng: np.random.Generator, events: list[int | None]) -> int:
+    """One or two decoys beside a target's event, two or three when no target has one: the number of events
+    tells nothing."""
+    return int(rng.integers(1, 3)) + (1 if all(e is None for e in events) else 0)
 
 
 def build_appear(
     rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
 ) -> list[Watch]:
-    colors = _colors(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
+    extra = min(_decoy_count(rng, events), len(COLORS) - len(events)) if decoy else int(rng.integers(0, 2))
+    colors = _colors(rng, len(events) + extra)
     shapes = _placed(rng, colors, [pick(rng, SHAPES) for _ in colors])
     watches = []
+    taken = list(events)
     for shape, event in zip(shapes, events, strict=False):
         watches.append(_watch(rng, "appear", color=shape.color, name=shape.name))
         if event is not None:
             _show(frames, shape, event)
     for shape in shapes[len(events) :]:  # a shape of another colour, there from the start or appearing later
-        start = _decoy_frame(rng, frames, events) if decoy else int(rng.integers(0, len(frames)))
+        start = _decoy_frame(rng, frames, taken) if decoy else int(rng.integers(0, len(frames)))
         _show(frames, shape, start)
     return watches
 
@@ -198,15 +217,23 @@ def build_appear(
 def build_vanish(
     rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
 ) -> list[Watch]:
-    colors = _colors(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
-    shapes = _placed(rng, colors, [pick(rng, SHAPES) for _ in colors])
+    extra = min(_decoy_count(rng, events), len(COLORS) - len(events)) if decoy else int(rng.integers(0, 2))
+    colors = _colors(rng, len(events) + extra)
+    kind = pick(rng, SHAPES)
+    kinds = [pick(rng, SHAPES) for _ in events]
+    if decoy:  # the decoys share the first target's kind, so that only the colour tells them apart
+        kinds = [kind, *kinds[1:]] + [kind] * extra
+    else:
+        kinds += [pick(rng, SHAPES) for _ in range(extra)]
+    shapes = _placed(rng, colors, kinds)
     watches = []
+    taken = list(events)
     for shape, event in zip(shapes, events, strict=False):
         watches.append(_watch(rng, "vanish", name=shape.name))
         _show(frames, shape, 0, event)
     for shape in shapes[len(events) :]:  # another shape, which stays or vanishes at any frame
         if decoy:
-            _show(frames, shape, 0, _decoy_frame(rng, frames, events))
+            _show(frames, shape, 0, _decoy_frame(rng, frames, taken))
         else:
             _show(frames, shape, 0, int(rng.integers(1, len(frames))) if rng.random() < 0.5 else None)
     return watches
@@ -215,16 +242,19 @@ def build_vanish(
 def build_recolor(
     rng: np.random.Generator, frames: Frames, events: list[int | None], decoy: bool = False
 ) -> list[Watch]:
-    kinds = _kinds(rng, len(events) + (1 if decoy else int(rng.integers(0, 2))))
-    shapes = _placed(rng, [pick(rng, list(COLORS)) for _ in kinds], kinds)
+    extra = min(_decoy_count(rng, events), 3 - len(events)) if decoy else int(rng.integers(0, 2))
+    colors = _colors(rng, len(events) + extra)
+    kinds = [pick(rng, SHAPES)] * len(colors) if decoy else _kinds(rng, len(colors))
+    shapes = _placed(rng, colors, kinds)
     watches = []
+    taken = list(events)
     for i, shape in enumerate(shapes):
-        new = pick(rng, [c for c in COLORS if c != shape.color])
+        new = pick(rng, [c for c in COLORS if c not in colors])
         if i < len(events):
             event = events[i]
-            watches.append(_watch(rng, "recolor", shape=shape.shape, color=new))
+            watches.append(_watch(rng, "recolor", name=shape.name, color=new))
         elif decoy:
-            event = _decoy_frame(rng, frames, events)
+            event = _decoy_frame(rng, frames, taken)
         else:  # another shape, which may change colour: not the one asked about
             event = int(rng.integers(1, len(frames))) if rng.random() < 0.5 else None
         _show(frames, shape, 0, event)
@@ -279,9 +309,11 @@ def build_cross(
         rows.reverse()
     watches = []
     last = len(frames) - 1
+    shared_kind = pick(rng, SHAPES)
+    taken = list(events)
     for i in range(count):
-        size, kind = int(rng.integers(14, 17)), pick(rng, SHAPES)
-        event = events[i] if i < len(events) else _decoy_frame(rng, frames, events) if decoy else None
+        size, kind = int(rng.integers(14, 17)), shared_kind if decoy else pick(rng, SHAPES)
+        event = events[i] if i < len(events) else _decoy_frame(rng, frames, taken) if decoy else None
         side = -1 if rng.random() < 0.5 else 1  # starts left (-1) or right (+1) of the line
         middle = LINE_X + 1.0  # between the line's two columns
         speed = int(rng.integers(8, 11))
@@ -321,7 +353,7 @@ def _same_place(a: Shape, b: Shape) -> bool:
 
 
 def _change(kind: str, shape: Shape, **names: str) -> str:
-    return _CHANGE_REPLIES[kind].format(name=shape.name, time="{time}", **names)
+    return _reply(kind, name=shape.name, **names)
 
 
 def _centre_side(shape: Shape) -> int:
@@ -387,20 +419,21 @@ def make_stream(
     tasks: Sequence[str] = STREAM_TASKS,
     decoy_share: float = 0.0,
     narrate_share: float = 0.0,
+    frames: tuple[int, int] = (MIN_STREAM_FRAMES, MAX_STREAM_FRAMES),
 ) -> Stream:
     """Stream `index` of `split`; tasks take turns, kinds (event, no event, barge-in) are drawn, a `decoy_share`
-    of the streams get a decoy and a `narrate_share` of them ask for every change instead (see the module
-    docstring)."""
+    of the streams get decoys and a `narrate_share` of them ask for every change instead (see the module
+    docstring). The clip has `frames` (least, most) frames."""
     rng = stream_rng(seed, split, index)
-    stream = _task_stream(rng, tasks[index % len(tasks)], decoy_share)
+    stream = _task_stream(rng, tasks[index % len(tasks)], decoy_share, frames)
     # Drawn after the scene, so that a share of 0 leaves every stream as it was.
     if narrate_share > 0 and rng.random() < narrate_share:
         return narrated(rng, stream) or stream
     return stream
 
 
-def _task_stream(rng: np.random.Generator, task: str, decoy_share: float) -> Stream:
-    num_frames = int(rng.integers(MIN_STREAM_FRAMES, MAX_STREAM_FRAMES + 1))
+def _task_stream(rng: np.random.Generator, task: str, decoy_share: float, frames: tuple[int, int]) -> Stream:
+    num_frames = int(rng.integers(frames[0], frames[1] + 1))
     fps = int(pick(rng, STREAM_FPS))
     draw = rng.random()
     # Drawn only when asked for, so that a share of 0 leaves every stream as it was.
@@ -503,17 +536,25 @@ def generate_streams(
     decoy_share: float = 0.0,
     aid_splits: Sequence[str] = ("train",),
     narrate_share: float = 0.0,
+    aid_frames: Sequence[int] = (MIN_STREAM_FRAMES, MAX_STREAM_FRAMES),
+    aid_tasks: Sequence[str] | None = None,
 ) -> dict:
     """Generate all splits into `out_dir` and return the manifest (also written to ``streams.json``). In the
-    `aid_splits`, a `decoy_share` of the streams get a decoy and a `narrate_share` ask for every change (see
-    `make_stream`); the other splits keep the natural mix.
+    `aid_splits`, a `decoy_share` of the streams get decoys, a `narrate_share` ask for every change (see
+    `make_stream`), clips have `aid_frames` (least, most) frames and the tasks take turns in the order of
+    `aid_tasks` (default `tasks`; a task named twice gets twice the streams); the other splits keep the natural
+    mix.
 
     Layout: ``media/<split>/<split>-NNNNNN.mp4``; ``<split>.jsonl`` realtime training records;
     ``<split>_streams.jsonl`` evaluation records. Paths inside are relative to `out_dir`.
     """
-    unknown = [task for task in tasks if task not in STREAM_BUILDERS]
-    if unknown or not tasks:
+    aid_tasks = tuple(tasks if aid_tasks is None else aid_tasks)
+    unknown = [task for task in (*tasks, *aid_tasks) if task not in STREAM_BUILDERS]
+    if unknown or not tasks or not aid_tasks:
         raise ValueError(f"unknown stream tasks {unknown}; choose from {list(STREAM_TASKS)}")
+    least, most = aid_frames
+    if not 6 <= least <= most:  # barge-ins and decoys need four inner frames
+        raise ValueError(f"aid_frames must be (least, most) with 6 <= least <= most, got {aid_frames}")
     for name, share in (("decoy_share", decoy_share), ("narrate_share", narrate_share)):
         if not 0 <= share <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {share}")
@@ -528,6 +569,8 @@ def generate_streams(
         "tasks": list(tasks),
         "decoy_share": {split: decoy_share for split in aid_splits},
         "narrate_share": {split: narrate_share for split in aid_splits},
+        "frames": {split: list(aid_frames) for split in aid_splits},
+        "aid_tasks": {split: list(aid_tasks) for split in aid_splits},
         "splits": {},
     }
     with tqdm(total=sum(counts.values()), desc="streams", unit="stream", disable=not progress) as bar:
@@ -536,8 +579,12 @@ def generate_streams(
             media_dir.mkdir(parents=True, exist_ok=True)
             training, evaluation = [], []
             for index in range(count):
-                shares = (decoy_share, narrate_share) if split in aid_splits else (0.0, 0.0)
-                stream = make_stream(seed, split, index, tasks, *shares)
+                if split in aid_splits:
+                    stream = make_stream(
+                        seed, split, index, aid_tasks, decoy_share, narrate_share, (least, most)
+                    )
+                else:
+                    stream = make_stream(seed, split, index, tasks)
                 stream_id = f"{split}-{index:06d}"
                 write_stream_video(stream, media_dir / f"{stream_id}.mp4")
                 media = f"media/{split}/{stream_id}.mp4"
@@ -580,7 +627,7 @@ def sample_stream() -> Stream:
     frames = [(square,) if index < 7 else (square, circle) for index in range(12)]
     prompt = _PROMPTS["appear"][0].format(color="red")
     stream = Stream("appear", "event", StreamScene(232, 2, tuple(frames)), [(0, prompt)])
-    stream.replies[7] = _REPLIES["appear"].format(name=circle.name, time=reply_time(3.5))
+    stream.replies[7] = _reply("appear", name=circle.name).format(time=reply_time(3.5))
     return stream
 
 
@@ -620,7 +667,24 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=SPLITS,
         default=["train"],
-        help="the splits that --decoy-share and --narrate-share apply to (default: train)",
+        help="the splits that --decoy-share, --narrate-share, --aid-frames and --aid-tasks apply to (default: "
+        "train)",
+    )
+    parser.add_argument(
+        "--aid-frames",
+        nargs=2,
+        type=int,
+        default=[MIN_STREAM_FRAMES, MAX_STREAM_FRAMES],
+        metavar=("LEAST", "MOST"),
+        help=f"frames per clip in the aid splits (default {MIN_STREAM_FRAMES} {MAX_STREAM_FRAMES}; at least 6, "
+        "since barge-ins and decoys need four inner frames)",
+    )
+    parser.add_argument(
+        "--aid-tasks",
+        nargs="+",
+        choices=STREAM_TASKS,
+        help="the order in which tasks take turns in the aid splits (default --tasks; name a task twice to "
+        "give it twice the streams)",
     )
     parser.add_argument(
         "--sample",
@@ -648,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         args.decoy_share,
         args.aid_splits,
         args.narrate_share,
+        tuple(args.aid_frames),
+        args.aid_tasks,
     )
     print(json.dumps(manifest["splits"], indent=2))
     return 0

@@ -115,6 +115,13 @@ class TrainingArguments(transformers.TrainingArguments):
             "samples, the choice after every frame between <|silence|> and a reply (1: plain cross-entropy)."
         },
     )
+    reply_start_loss_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Extra loss weight (times decision_loss_weight) of the choices that open a reply rather than "
+            "<|silence|>: in realtime samples they are rare next to the silent frames (1: no extra weight)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator consumes the dataset's own keys."}
     )

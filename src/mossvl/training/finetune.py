@@ -20,10 +20,11 @@ from accelerate.utils import DistributedType
 from transformers import HfArgumentParser, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..constants import SILENCE
 from ..errors import ConfigError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .data import SFTCollator, SFTDataset
-from .loss import decision_weighted_loss
+from .loss import check_loss_weights, decision_weighted_loss
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +181,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     from ..processing.processor import MossVLProcessor
 
     prepare_training_args(training_args)
-    weight = training_args.decision_loss_weight
-    # Built before anything loads, so that a bad weight fails at once.
-    loss_func = None if weight == 1 else decision_weighted_loss(weight)
+    weight, reply_weight = training_args.decision_loss_weight, training_args.reply_start_loss_weight
+    # Checked before anything loads, so that a bad weight fails at once.
+    check_loss_weights(weight, reply_weight)
     transformers.set_seed(training_args.seed)
     processor = MossVLProcessor.from_pretrained(model_args.model_name_or_path)
     processor.tokenizer.padding_side = "right"
+    loss_func = None
+    if (weight, reply_weight) != (1, 1):
+        silence_id = processor.tokenizer.convert_tokens_to_ids(SILENCE)
+        loss_func = decision_weighted_loss(weight, reply_weight, silence_id)
     dataset = SFTDataset(
         data_args.data_path,
         processor,
