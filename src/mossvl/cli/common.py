@@ -59,6 +59,13 @@ def kv_cache_dtype_from_args(args: argparse.Namespace) -> str | None:
     return None if args.kv_cache_dtype == "auto" else args.kv_cache_dtype
 
 
+# --silence-bias of the realtime and eval commands (RealtimeConfig.silence_bias).
+SILENCE_BIAS_HELP = (
+    "added to the logit of <|silence|> after each frame: below 0 speaks more readily (default: the checkpoint's "
+    "generation_config)"
+)
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "generation (defaults: the checkpoint's generation_config.json; a query's own generate_kwargs win)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_arguments, load_from_args
+from .common import SILENCE_BIAS_HELP, add_model_arguments, load_from_args
 
 
 def _positive_int(text: str) -> int:
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--silence-bias",
         type=float,
         default=None,
-        help="--streams: added to the logit of <|silence|> after each frame: below 0 speaks more readily (default: the checkpoint's generation_config)",
+        help="--streams: " + SILENCE_BIAS_HELP,
     )
     parser.add_argument(
         "--concurrency", type=_positive_int, default=8, help="--streams: sessions at a time (default 8)"

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--silence-bias",
         type=float,
         default=None,
-        help="added to the logit of <|silence|> after each frame: below 0 speaks more readily (default: the checkpoint's generation_config)",
+        help=common.SILENCE_BIAS_HELP,
     )
     common.add_kv_cache_argument(session)
     session.add_argument(
