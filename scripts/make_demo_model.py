@@ -186,9 +186,12 @@ def write_training_file(questions_path: Path, out_path: Path, batch_size: int, e
     return len(order)
 
 
-def run(command: list[str]) -> None:
+def run(command: list[str], threads: int | None = None) -> None:
+    """Run `command`; `threads` pins its torch (OpenMP) threads, since float sums in another order change what
+    training learns."""
     print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True)  # inherits HF_HUB_OFFLINE=1, which main() sets
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    subprocess.run(command, check=True, env=env)  # inherits HF_HUB_OFFLINE=1, which main() sets
 
 
 def mossvl_command(*args: str) -> list[str]:

@@ -238,3 +238,5 @@ def test_the_bundled_sample_stream():
     s = sample_stream()
     assert s.replies == {7: "Red circle appeared at 3.5 seconds."}
     assert s.prompts == [(0, "Tell me when a red shape appears.")]
+    # The blue square appears first, at 1.5 s: a decoy, since the prompt asks about red shapes.
+    assert [len(frame) for frame in s.scene.frames] == [0] * 3 + [1] * 4 + [2] * 5

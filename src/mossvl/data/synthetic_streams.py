@@ -620,11 +620,11 @@ SAMPLE_STREAM = "stream.mp4"
 
 
 def sample_stream() -> Stream:
-    """The bundled clip of ``make demo-realtime``: at 2 fps a red circle appears at 3.5 s beside a blue square
-    that is there from the start; the prompt asks about red shapes."""
+    """The bundled clip of ``make demo-realtime``: at 2 fps a blue square appears at 1.5 s and a red circle at
+    3.5 s; the prompt asks about red shapes, so only the circle calls for a reply."""
     square = Shape("blue", "square", 16, 8, 10)
     circle = Shape("red", "circle", 18, 38, 36)
-    frames = [(square,) if index < 7 else (square, circle) for index in range(12)]
+    frames = [((square,) if index >= 3 else ()) + ((circle,) if index >= 7 else ()) for index in range(12)]
     prompt = _PROMPTS["appear"][0].format(color="red")
     stream = Stream("appear", "event", StreamScene(232, 2, tuple(frames)), [(0, prompt)])
     stream.replies[7] = _reply("appear", name=circle.name).format(time=reply_time(3.5))
