@@ -100,4 +100,4 @@ def test_eval_and_realtime_commands(tmp_path):
         timeout=300,
     )
     assert said.returncode == 0, said.stderr
-    assert "s] Assistant: Red" in said.stdout
+    assert "[   3.5 s] Assistant: Red" in said.stdout  # labelled with the time of the frame it answers

@@ -132,15 +132,20 @@ def paced(frames: Iterator, speed: float) -> Iterator:
 
 
 class Printer:
-    """Prints session events as they arrive."""
+    """Prints session events as they arrive, each line labelled with the stream time of the frame it answers."""
 
     def __init__(self, raw: bool, show_silence: bool):
         self.raw, self.show_silence = raw, show_silence
         self.clock = 0.0
+        # Stream seconds of the frames pushed under each seq_no: a reply is printed after later frames were pushed,
+        # so the clock follows the frames the session has processed, not the ones sent.
+        self.frame_times: dict[int, float] = {}
 
     def show(self, event) -> None:
         from ..inference.realtime import raw_output
 
+        if event.kind == "frame_processed" and event.seq_no in self.frame_times:
+            self.clock = self.frame_times.pop(event.seq_no)
         if self.raw:
             sys.stdout.write(raw_output(event))
         elif event.kind == "round_start":
@@ -187,12 +192,12 @@ def run(args: argparse.Namespace) -> int:
     printer = Printer(args.raw_output, args.show_silence)
     session.start()
     first = True
-    for frame, seconds in frames:
-        printer.clock = seconds
+    for index, (frame, seconds) in enumerate(frames):
+        printer.frame_times[index] = seconds
         if first and args.prompt_frame_first:
-            session.push_prompt_frame(args.prompt, frame, seconds)
+            session.push_prompt_frame(args.prompt, frame, seconds, seq_no=index)
         else:
-            session.push_frame(frame, seconds)
+            session.push_frame(frame, seconds, seq_no=index)
         first = False
         while (event := session.poll_event(0)) is not None:
             printer.show(event)
