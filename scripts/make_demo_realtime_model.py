@@ -3,8 +3,9 @@ on realtime SFT records, bf16 export to ``src/mossvl/assets/demo_realtime_model/
 the held-out test split.
 
 Run ``make demo-realtime-model`` (or ``python scripts/make_demo_realtime_model.py``). Every step is seeded; the
-default settings take under half an hour on two CPU cores, data generation included, and train with one thread,
-so that a run gives the same weights every time on a machine. Work files go to
+default settings take about half an hour on two CPU cores, data generation included (28.7 min for the shipped
+weights; more when the machine is busy), and train with one thread, so that a run gives the same weights every
+time on a machine. Work files go to
 ``build/demo_realtime_model/`` (streams, trained fp32 checkpoint, evaluation); the shipped folder and
 ``docs/demo_realtime_model_eval.{md,png}`` are overwritten at the end.
 

@@ -145,7 +145,9 @@ class Printer:
         from ..inference.realtime import raw_output
 
         if event.kind == "frame_processed" and event.seq_no in self.frame_times:
-            self.clock = self.frame_times.pop(event.seq_no)
+            self.clock = self.frame_times[event.seq_no]
+            # Frames that the full queue dropped never report: forget them together with this one.
+            self.frame_times = {seq: t for seq, t in self.frame_times.items() if seq > event.seq_no}
         if self.raw:
             sys.stdout.write(raw_output(event))
         elif event.kind == "round_start":
@@ -191,14 +193,12 @@ def run(args: argparse.Namespace) -> int:
     session = RealtimeSession(engine, config)
     printer = Printer(args.raw_output, args.show_silence)
     session.start()
-    first = True
     for index, (frame, seconds) in enumerate(frames):
         printer.frame_times[index] = seconds
-        if first and args.prompt_frame_first:
+        if index == 0 and args.prompt_frame_first:
             session.push_prompt_frame(args.prompt, frame, seconds, seq_no=index)
         else:
             session.push_frame(frame, seconds, seq_no=index)
-        first = False
         while (event := session.poll_event(0)) is not None:
             printer.show(event)
     # The source ended: let the session answer what it still holds, printing as it goes.
